@@ -1,0 +1,193 @@
+"""What is registered, without importing torch: names, descriptions, parameters.
+
+``bench list``, ``bench --help`` and input errors must answer in about a second, but
+model and task files import torch (1-2 s here, more on a cold disk). So the first
+process that imports the registries writes a JSON catalog of them to a cache,
+keyed by a hash of the source files; later processes read that instead. Editing or
+adding a model or task file changes the key, and the catalog is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bench
+from bench.config import PROFILES, Budget, TaskRef, TrainConfig, fields_of, parse_assignments, typed_overrides
+from bench.errors import BenchError
+from bench.registry import select_names, unknown_message
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("models", "tasks")
+
+
+def cache_dir() -> Path:
+    if os.environ.get("SEQBENCH_CACHE_DIR"):
+        return Path(os.environ["SEQBENCH_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seqbench"
+
+
+def source_key() -> str:
+    h = hashlib.sha256(f"{bench.__version__} {sys.version_info[:2]}".encode())
+    files = [Path(__file__), ROOT / "bench" / "config.py"]
+    for pkg in SOURCES:
+        files += sorted((ROOT / pkg).glob("*.py"))
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def build_catalog() -> dict[str, Any]:
+    """Import the registries (and torch) and describe every model and task."""
+    import models
+    import tasks
+
+    catalog: dict[str, Any] = {"models": {}, "tasks": {}}
+    for name in models.MODELS:
+        spec = models.get_model(name)
+        backbone = spec.build(models.InputSpec(n_features=1), spec.make_hparams(), False)
+        catalog["models"][name] = {
+            "description": spec.description,
+            "bidirectional": spec.bidirectional,
+            "params_1_feature": sum(p.numel() for p in backbone.parameters()),
+            "hparams": {k: {**v, "default": spec.default_hparams()[k]} for k, v in fields_of(spec.hparams).items()},
+            "train_defaults": spec.train_defaults,
+        }
+    for name in tasks.TASKS:
+        cls = tasks.get_task(name)
+        task = cls(cls.make_params())
+        catalog["tasks"][name] = {
+            "description": cls.description,
+            "version": cls.version,
+            "causal": cls.causal,
+            "primary_metric": cls.primary_metric,
+            "higher_is_better": cls.higher_is_better,
+            "output": task.output.kind,
+            "params": fields_of(cls.Params),
+            "variants": cls.variants,
+            "files": [{"path": f.path, "url": f.url} for f in task.files()],
+        }
+    return catalog
+
+
+def load_catalog(use_cache: bool = True) -> dict[str, Any]:
+    path = cache_dir() / f"catalog-{source_key()}.json"
+    if use_cache and path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    catalog = build_catalog()
+    try:  # a cache we cannot write only costs speed
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+            json.dump(catalog, tmp)
+        os.replace(tmp.name, path)
+    except OSError:
+        pass
+    return catalog
+
+
+@dataclass
+class Request:
+    """A sweep as asked on the CLI, checked against the catalog (names, keys, types)."""
+
+    models: list[str]
+    tasks: list[TaskRef]
+    seeds: list[int]
+    profile: str
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    budget_overrides: dict[str, Any] = field(default_factory=dict)
+    refused: list[tuple[str, str, str]] = field(default_factory=list)  # (model, task label, reason)
+
+    def pairs(self) -> list[tuple[str, TaskRef]]:
+        refused = {(m, t) for m, t, _ in self.refused}
+        return [(m, t) for t in self.tasks for m in self.models if (m, t.label) not in refused]
+
+
+def parse_tasks(spec: str, catalog: dict[str, Any]) -> list[TaskRef]:
+    """``copy,adding:length=200,copy:T500`` -> task references with typed parameters."""
+    known = catalog["tasks"]
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    select_names("task", [i.split(":", 1)[0] for i in items], known)  # reports every unknown at once
+    refs: list[TaskRef] = []
+    for item in items:
+        name, *parts = item.split(":")
+        expanded = select_names("task", name, known)
+        variant, assigned = "", []
+        for part in parts:
+            if "=" in part:
+                assigned.append(part)
+            elif variant:
+                raise BenchError(f"Task '{item}' names two variants ('{variant}' and '{part}')")
+            else:
+                variant = part
+        for task in expanded:
+            info = known[task]
+            if variant and variant not in info["variants"]:
+                raise BenchError(unknown_message(f"variant of task {task}", variant, info["variants"]))
+            params = typed_overrides(parse_assignments(assigned, "task parameter"), info["params"], f"task {task}")
+            ref = TaskRef(task, variant, params)
+            if ref not in refs:
+                refs.append(ref)
+    return refs
+
+
+def parse_seeds(spec: str) -> list[int]:
+    seeds: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                seeds += range(int(lo), int(hi) + 1)
+            elif part:
+                seeds.append(int(part))
+        except ValueError:
+            raise BenchError(f"Invalid seeds '{spec}': expected e.g. 0,1,2 or 0-4") from None
+    if not seeds:
+        raise BenchError(f"Invalid seeds '{spec}': no seed given")
+    return list(dict.fromkeys(seeds))
+
+
+def parse_request(
+    models: str, tasks: str, seeds: str, profile: str, settings: list[str], catalog: dict[str, Any]
+) -> Request:
+    model_names = select_names("model", models, catalog["models"])
+    task_refs = parse_tasks(tasks, catalog)
+    if profile not in PROFILES:
+        raise BenchError(unknown_message("profile", profile, PROFILES))
+    groups: dict[str, list[str]] = {"model": [], "train": [], "budget": []}
+    for item in settings:
+        group, dot, rest = item.partition(".")
+        if not dot or group not in groups:
+            raise BenchError(
+                f"Invalid --set '{item}': expected model.KEY=VALUE, train.KEY=VALUE or budget.KEY=VALUE "
+                "(task parameters go after the task name: --tasks copy:delay=200)"
+            )
+        groups[group].append(rest)
+    model_raw = parse_assignments(groups["model"], "--set model")
+    for key in model_raw:
+        lacking = [m for m in model_names if key not in catalog["models"][m]["hparams"]]
+        if lacking:
+            m = lacking[0]
+            raise BenchError(unknown_message(f"parameter of model {m}", key, catalog["models"][m]["hparams"]))
+    model_overrides = typed_overrides(model_raw, catalog["models"][model_names[0]]["hparams"], "model")
+    train = typed_overrides(parse_assignments(groups["train"], "--set train"), fields_of(TrainConfig), "train")
+    budget = typed_overrides(parse_assignments(groups["budget"], "--set budget"), fields_of(Budget), "budget")
+    request = Request(model_names, task_refs, parse_seeds(seeds), profile, model_overrides, train, budget)
+    for t in task_refs:
+        for m in model_names:
+            if catalog["tasks"][t.name]["causal"] and catalog["models"][m]["bidirectional"]:
+                request.refused.append(
+                    (m, t.label, f"{m} is bidirectional (reads later steps) and {t.name} is causal")
+                )
+    return request

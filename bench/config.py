@@ -1,0 +1,183 @@
+"""Run configuration: one flat, hashable description of a (model, task, seed) run.
+
+Everything a run depends on is resolved here, before anything is trained or written:
+the model's hyper-parameters (preset + overrides), the task's parameters (variant +
+overrides), training settings and the budget profile. Torch-free, so the CLI can check
+input quickly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.errors import BenchError
+from bench.registry import unknown_message
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    eval_batch_size: int = 256  # evaluation only: bigger is faster and changes no metric
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be > 0, weight_decay and grad_clip >= 0")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Bounds of one run; whichever limit is reached first ends training."""
+
+    max_steps: int  # optimizer steps
+    max_epochs: int
+    max_time_s: float  # training wall time (evaluation of the best checkpoint comes after)
+    patience: int  # validations without improvement of the primary metric before stopping
+    val_every_steps: int  # validate this often (and at least once per epoch)
+    warmup_steps: int  # first steps left out of the throughput measurement
+
+    def __post_init__(self) -> None:
+        if min(self.max_steps, self.max_epochs, self.patience, self.val_every_steps) < 1:
+            raise ValueError("max_steps, max_epochs, patience and val_every_steps must be >= 1")
+        if self.max_time_s <= 0 or self.warmup_steps < 0:
+            raise ValueError("max_time_s must be > 0 and warmup_steps >= 0")
+
+
+PROFILES: dict[str, Budget] = {
+    # Seconds per run: for tests and smoke checks; the numbers mean nothing.
+    "tiny": Budget(max_steps=8, max_epochs=2, max_time_s=60, patience=2, val_every_steps=4, warmup_steps=2),
+    # A whole `--tasks all` sweep in minutes on a 2-core CPU.
+    "quick": Budget(max_steps=400, max_epochs=30, max_time_s=45, patience=4, val_every_steps=50, warmup_steps=10),
+    # Enough for the small models to converge on most tasks.
+    "standard": Budget(max_steps=5000, max_epochs=200, max_time_s=900, patience=8, val_every_steps=200,
+                       warmup_steps=20),
+    # Each task's full protocol: long runs, stopped by early stopping.
+    "full": Budget(max_steps=100_000, max_epochs=1000, max_time_s=6 * 3600, patience=15, val_every_steps=500,
+                   warmup_steps=50),
+}
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def fields_of(cls: type) -> dict[str, dict[str, Any]]:
+    """{name: {"type": "int", "default": 64}} for a dataclass: what the catalog stores."""
+    hints = field_types(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out[f.name] = {"type": type_name(hints[f.name]), "default": default}
+    return out
+
+
+def coerce(text: str, type_str: str, key: str) -> Any:
+    """Parse a CLI value as the field's declared type ("int", "float", "bool", "str", "int | None")."""
+    options = [t.strip() for t in type_str.split("|")]
+    if "None" in options and text.lower() in ("none", "null"):
+        return None
+    for t in options:
+        try:
+            if t == "int":
+                return int(text)
+            if t == "float":
+                return float(text)
+            if t == "bool":
+                if text.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if text.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError
+            if t == "str":
+                return text
+        except ValueError:
+            continue
+    raise BenchError(f"Invalid value for {key}: '{text}' is not {' or '.join(options)}")
+
+
+def parse_assignments(items: list[str], where: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BenchError(f"Invalid {where} '{item}': expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def typed_overrides(raw: dict[str, str], fields: dict[str, dict[str, Any]], owner: str) -> dict[str, Any]:
+    """Check keys against ``fields`` and parse each value to its declared type."""
+    out = {}
+    for key, text in raw.items():
+        if key not in fields:
+            raise BenchError(unknown_message(f"parameter of {owner}", key, fields))
+        out[key] = coerce(text, fields[key]["type"], f"{owner} {key}")
+    return out
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A task as named on the CLI: ``copy``, ``copy:T200`` or ``copy:delay=200:n_train=5000``."""
+
+    name: str
+    variant: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        parts = [self.name] + ([self.variant] if self.variant else [])
+        return ":".join(parts + [f"{k}={v}" for k, v in self.params.items()])
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    task: TaskRef
+    seed: int
+    profile: str
+    model_params: dict[str, Any]  # fully resolved
+    task_params: dict[str, Any]  # fully resolved
+    train: dict[str, Any]
+    budget: dict[str, Any]
+    task_version: int = 1
+
+    def flat(self) -> dict[str, Any]:
+        """Everything as one flat mapping: MLflow params, and the input of the hash."""
+        out: dict[str, Any] = {
+            "model": self.model,
+            "task": self.task.name,
+            "task_variant": self.task.label,
+            "task_version": self.task_version,
+            "seed": self.seed,
+            "profile": self.profile,
+        }
+        for prefix, values in (("model", self.model_params), ("task", self.task_params),
+                               ("train", self.train), ("budget", self.budget)):
+            out.update({f"{prefix}.{k}": v for k, v in values.items()})
+        return out
+
+    @property
+    def config_hash(self) -> str:
+        blob = json.dumps(self.flat(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} × {self.task.label} · seed {self.seed}"

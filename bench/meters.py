@@ -1,0 +1,116 @@
+"""Speed and memory meters.
+
+- Training throughput in steady state: time from the start to the end of each training
+  batch (forward, backward, optimizer step; the GPU synchronised at both ends), the
+  first ``warmup_steps`` left out. Samples/s and real (unpadded) time steps/s.
+- Inference latency: the median wall time of a forward pass over one evaluation batch.
+- Peak memory of the run: on GPU the peak allocated memory; on CPU the peak resident
+  set size of the process sampled in a background thread, minus the size when the run
+  started (what the run added).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import Any
+
+import lightning as L
+import psutil
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Throughput(L.Callback):
+    def __init__(self, warmup_steps: int, tokens_of: Any) -> None:
+        self.warmup_steps = warmup_steps
+        self.tokens_of = tokens_of
+        self.seconds = 0.0
+        self.samples = 0
+        self.tokens = 0
+        self.steps = 0
+        self._t0 = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, i: int) -> None:
+        _sync(module.device)
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, out: Any, batch: Any, i: int) -> None:
+        _sync(module.device)
+        dt = time.perf_counter() - self._t0
+        if trainer.global_step > self.warmup_steps:
+            self.seconds += dt
+            self.samples += len(batch["y"])
+            self.tokens += self.tokens_of(batch)
+            self.steps += 1
+
+    def metrics(self) -> dict[str, float]:
+        if not self.steps:
+            return {}  # the budget ended inside the warm-up: no steady state to report
+        return {
+            "perf/train_samples_per_s": self.samples / self.seconds,
+            "perf/train_tokens_per_s": self.tokens / self.seconds,
+            "perf/train_step_ms": 1000 * self.seconds / self.steps,
+        }
+
+
+@torch.no_grad()
+def inference_latency(module: torch.nn.Module, batch: dict[str, torch.Tensor], repeats: int = 10) -> dict[str, float]:
+    """Median forward time of one batch, after two warm-up passes."""
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    x, mask = batch["x"].to(device), batch["mask"].to(device)
+    times = []
+    for i in range(repeats + 2):
+        _sync(device)
+        t0 = time.perf_counter()
+        module(x, mask)
+        _sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    module.train(was_training)
+    ms = 1000 * statistics.median(times)
+    return {"perf/infer_batch_ms": ms, "perf/infer_samples_per_s": len(x) / (ms / 1000), "perf/infer_batch_size": len(x)}
+
+
+class PeakMemory:
+    """Context manager measuring the peak memory of the code inside it."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.005) -> None:
+        self.device = device
+        self.interval_s = interval_s
+        self.process = psutil.Process()
+        self._stop = threading.Event()
+        self.start_rss = self.peak_rss = 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.start_rss = self.peak_rss = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+
+    def metrics(self) -> dict[str, float]:
+        mb = 1024**2
+        out = {"perf/peak_rss_mb": self.peak_rss / mb, "perf/run_rss_added_mb": (self.peak_rss - self.start_rss) / mb}
+        if self.device.type == "cuda":
+            out["perf/peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / mb
+        else:
+            out["perf/peak_memory_mb"] = out["perf/run_rss_added_mb"]
+        return out

@@ -1,0 +1,328 @@
+"""Build, train, evaluate, measure and record one run; run a sweep of them.
+
+``run(config)`` is the single entry point that the CLI, tuning and tests call. Each run
+is isolated at the exception level inside one long-lived process (a fresh interpreter
+per run would pay torch's and Lightning's import time every time): whatever goes wrong
+(an exception, a non-finite loss, out of memory) is recorded as a failed run with its
+reason, and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import platform
+import subprocess
+import tempfile
+import time
+import traceback
+import uuid
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+import bench
+import models
+import tasks
+from bench.catalog import Request
+from bench.config import PROFILES, RunConfig, TrainConfig
+from bench.errors import BenchError
+from bench.meters import PeakMemory, Throughput, inference_latency
+from bench.module import SeqModule
+from bench.tracking import Tracker
+from tasks.registry import Splits, Task
+
+ROOT = Path(__file__).resolve().parent.parent
+
+for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
+warnings.filterwarnings("ignore", message=r".*Checkpoint directory.*exists and is not empty.*")
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+
+
+class Listener(Protocol):
+    """Receives live progress from a run (the CLI draws it; tests may ignore it)."""
+
+    def on_start(self, config: RunConfig, max_steps: int) -> None: ...
+    def on_step(self, step: int, loss: float) -> None: ...
+    def on_validation(self, step: int, metrics: dict[str, float]) -> None: ...
+    def on_evaluate(self) -> None: ...
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    status: str  # "finished" | "failed" | "cached" (finished earlier, not run again)
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    run_id: str = ""
+    references: dict[str, float] = field(default_factory=dict)
+    primary_metric: str = ""
+    higher_is_better: bool = True
+    wall_s: float = 0.0
+
+
+def resolve(request: Request) -> list[RunConfig]:
+    """Every run of a request, fully resolved; invalid values raise a one-line BenchError."""
+    configs = []
+    for model, ref in request.pairs():
+        spec = models.get_model(model)
+        task_cls = tasks.get_task(ref.name)
+        try:
+            hp = spec.make_hparams(**request.model_overrides)
+        except (ValueError, TypeError) as e:
+            raise BenchError(f"Invalid hyper-parameters for model {model}: {e}") from None
+        try:
+            params = task_cls.make_params(**{**task_cls.variants.get(ref.variant, {}), **ref.params})
+            train = TrainConfig(**{**spec.train_defaults, **request.train_overrides})
+            budget = dataclasses.replace(PROFILES[request.profile], **request.budget_overrides)
+        except (ValueError, TypeError) as e:
+            raise BenchError(f"Invalid settings for {model} × {ref.label}: {e}") from None
+        for seed in request.seeds:
+            configs.append(
+                RunConfig(
+                    model=model,
+                    task=ref,
+                    seed=seed,
+                    profile=request.profile,
+                    model_params=dataclasses.asdict(hp),
+                    task_params=dataclasses.asdict(params),
+                    train=dataclasses.asdict(train),
+                    budget=dataclasses.asdict(budget),
+                    task_version=task_cls.version,
+                )
+            )
+    return configs
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment_tags(device: torch.device) -> dict[str, str]:
+    import mlflow
+
+    if device.type == "cuda":
+        name = f"cuda: {torch.cuda.get_device_name(device)}"
+    else:
+        name = f"cpu: {platform.machine()}, {torch.get_num_threads()} threads"
+    return {
+        "device": name,
+        "version.python": platform.python_version(),
+        "version.torch": torch.__version__,
+        "version.lightning": L.__version__,
+        "version.mlflow": mlflow.__version__,
+        "version.seqbench": bench.__version__,
+        "git_commit": git_commit(),
+        "host": platform.node(),
+    }
+
+
+def failure_reason(e: BaseException) -> str:
+    if isinstance(e, torch.cuda.OutOfMemoryError | MemoryError):
+        return f"out of memory: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}"[:500]
+
+
+class _Progress(L.Callback):
+    def __init__(self, listener: Listener, every: int = 5) -> None:
+        self.listener, self.every = listener, every
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, out: Any, batch: Any, i: int) -> None:
+        if trainer.global_step % self.every == 0:
+            self.listener.on_step(trainer.global_step, float(out["loss"]))
+
+    def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
+        if trainer.state.fn == "fit" and "val" in module.results:
+            self.listener.on_validation(trainer.global_step, module.results["val"])
+
+
+class Runner:
+    def __init__(
+        self,
+        tracker: Tracker,
+        data_dir: Path,
+        sweep_id: str | None = None,
+        listener: Listener | None = None,
+        accelerator: str = "auto",
+        rerun: bool = False,
+    ) -> None:
+        self.tracker = tracker
+        self.data_dir = data_dir
+        self.sweep_id = sweep_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.listener = listener
+        self.accelerator = accelerator
+        self.rerun = rerun
+        use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.env_tags = environment_tags(self.device)
+        self._data: OrderedDict[str, tuple[Task, Splits]] = OrderedDict()
+
+    def data(self, config: RunConfig) -> tuple[Task, Splits]:
+        """The task and its splits; kept for the next runs that use the same data."""
+        key = json.dumps([config.task.name, config.task_params, config.seed], sort_keys=True)
+        if key not in self._data:
+            task_cls = tasks.get_task(config.task.name)
+            task = task_cls(task_cls.make_params(**config.task_params), self.data_dir, config.seed)
+            self._data[key] = (task, task.setup())
+            while len(self._data) > 4:
+                self._data.popitem(last=False)
+        self._data.move_to_end(key)
+        return self._data[key]
+
+    def run(self, config: RunConfig) -> RunResult:
+        task_cls = tasks.get_task(config.task.name)
+        result = RunResult(config, "finished", primary_metric=task_cls.primary_metric,
+                           higher_is_better=task_cls.higher_is_better)
+        if not self.rerun:
+            done = self.tracker.find_finished(config.task.name, config.config_hash)
+            if done is not None:
+                result.status, result.run_id, result.metrics = "cached", done.info.run_id, dict(done.data.metrics)
+                return result
+        suffix = "" if config.task.label == config.task.name else f"[{config.task.label.split(':', 1)[1]}]-"
+        tags = {
+            **self.env_tags,
+            "model": config.model,
+            "task": config.task.name,
+            "task_variant": config.task.label,
+            "seed": str(config.seed),
+            "profile": config.profile,
+            "sweep_id": self.sweep_id,
+            "config_hash": config.config_hash,
+        }
+        result.run_id = self.tracker.start(config.task.name, f"{config.model}-{suffix}s{config.seed}",
+                                           config.flat(), tags)
+        t0 = time.perf_counter()
+        try:
+            with PeakMemory(self.device) as memory:
+                metrics, history, stop, references = self._train_and_test(config)
+            metrics.update(memory.metrics())
+            metrics["time/total_s"] = time.perf_counter() - t0
+            result.metrics, result.references = metrics, references
+            self.tracker.log_history(result.run_id, history)
+            self.tracker.log_metrics(result.run_id, metrics)
+            self.tracker.set_tags(result.run_id, {"stop_reason": stop,
+                                                  **{f"reference.{k}": f"{v:.6g}" for k, v in references.items()}})
+            self.tracker.end(result.run_id, "FINISHED")
+        except KeyboardInterrupt:
+            self.tracker.set_tags(result.run_id, {"failure_reason": "interrupted by the user"})
+            self.tracker.end(result.run_id, "KILLED")
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure is recorded and the sweep goes on
+            result.status, result.reason = "failed", failure_reason(e)
+            self.tracker.set_tags(result.run_id, {"failure_reason": result.reason})
+            self.tracker.log_text(result.run_id, traceback.format_exc(), "error.txt")
+            self.tracker.end(result.run_id, "FAILED")
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        result.wall_s = time.perf_counter() - t0
+        return result
+
+    def _train_and_test(self, config: RunConfig) -> tuple[dict[str, float], list, str, dict[str, float]]:
+        budget, train = config.budget, config.train
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        task, splits = self.data(config)
+        spec = models.get_model(config.model)
+        backbone = spec.build(
+            models.InputSpec(vocab_size=splits.vocab_size, n_features=splits.n_features),
+            spec.make_hparams(**config.model_params),
+            task.causal,
+        )
+        module = SeqModule(backbone, task, train)
+
+        def loader(split: Any, shuffle: bool, batch_size: int) -> DataLoader:
+            generator = torch.Generator().manual_seed(config.seed) if shuffle else None
+            # Evaluation loaders never shuffle and never drop the last, smaller batch.
+            return DataLoader(split, batch_size=batch_size, shuffle=shuffle, drop_last=False,
+                              collate_fn=split.collate, generator=generator)
+
+        train_loader = loader(splits.train, True, train["batch_size"])
+        val_loader = loader(splits.val, False, train["eval_batch_size"])
+        test_loader = loader(splits.test, False, train["eval_batch_size"])
+        steps_per_epoch = len(train_loader)
+        monitor = f"val/{task.primary_metric}"
+        mode = "max" if task.higher_is_better else "min"
+        throughput = Throughput(budget["warmup_steps"], task.tokens)
+        early = EarlyStopping(monitor, mode=mode, patience=budget["patience"])
+        callbacks: list[L.Callback] = [throughput, early]
+        if self.listener is not None:
+            self.listener.on_start(config, min(budget["max_steps"], budget["max_epochs"] * steps_per_epoch))
+            callbacks.append(_Progress(self.listener))
+
+        with tempfile.TemporaryDirectory(prefix="seqbench-ckpt-") as ckpt_dir:
+            best = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode=mode, save_top_k=1,
+                                   save_weights_only=True)
+            trainer = L.Trainer(
+                accelerator=self.accelerator,
+                devices=1,
+                max_steps=budget["max_steps"],
+                max_epochs=budget["max_epochs"],
+                max_time={"seconds": budget["max_time_s"]},
+                val_check_interval=min(budget["val_every_steps"], steps_per_epoch),
+                check_val_every_n_epoch=None,
+                gradient_clip_val=train["grad_clip"] or None,
+                callbacks=[*callbacks, best],
+                logger=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                default_root_dir=ckpt_dir,
+            )
+            t_fit = time.perf_counter()
+            trainer.fit(module, train_loader, val_loader)
+            train_s = time.perf_counter() - t_fit
+            if self.listener is not None:
+                self.listener.on_evaluate()
+            # Both splits are scored with the best checkpoint (by the primary validation
+            # metric); if no validation ever ran (time ran out first), with the last weights.
+            ckpt = best.best_model_path or None
+            trainer.validate(module, val_loader, ckpt_path=ckpt, verbose=False)
+            trainer.test(module, test_loader, ckpt_path=ckpt, verbose=False)
+
+        if early.stopped_epoch > 0 or early.wait_count >= early.patience:
+            stop = "early stopping"
+        elif trainer.global_step >= budget["max_steps"]:
+            stop = "max_steps"
+        elif train_s >= budget["max_time_s"]:
+            stop = "max_time"
+        else:
+            stop = "max_epochs"
+        metrics: dict[str, float] = {f"val/{k}": v for k, v in module.results["val"].items()}
+        metrics.update({f"test/{k}": v for k, v in module.results["test"].items()})
+        metrics.update(throughput.metrics())
+        metrics.update(inference_latency(module, next(iter(test_loader))))
+        metrics.update({
+            "model/params": sum(p.numel() for p in module.parameters()),
+            "train/steps": trainer.global_step,
+            "train/epochs": trainer.global_step / max(steps_per_epoch, 1),
+            "train/best_step": _best_step(module.history, monitor, mode),
+            "time/train_s": train_s,
+        })
+        return metrics, module.history, stop, task.references()
+
+
+def _best_step(history: list[tuple[int, dict[str, float]]], key: str, mode: str) -> float:
+    scored = [(values[key], step) for step, values in history if key in values and math.isfinite(values[key])]
+    if not scored:
+        return float("nan")
+    return float((max if mode == "max" else min)(scored)[1])

@@ -1,0 +1,84 @@
+"""MLflow tracking: one experiment per task, one run per (model, task variant, seed).
+
+Metric keys follow one scheme so runs of different models compare in the UI:
+``val/<metric>``, ``test/<metric>``, ``train/loss``, ``perf/<meter>``, ``model/params``.
+The default store is embedded (SQLite under ``results/``): nothing to start, and
+``mlflow ui --backend-store-uri sqlite:///results/mlflow.db`` opens it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+EXPERIMENT_PREFIX = "seqbench/"
+
+
+def default_tracking_uri(results_dir: Path) -> str:
+    return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, results_dir: Path) -> None:
+        self.uri = tracking_uri
+        self.local = tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:")
+        self.artifact_root = (results_dir / "mlartifacts").resolve()
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._experiments: dict[str, str] = {}
+
+    def experiment_id(self, task: str) -> str:
+        name = EXPERIMENT_PREFIX + task
+        if name not in self._experiments:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                location = (self.artifact_root / task).as_uri() if self.local else None
+                exp_id = self.client.create_experiment(name, artifact_location=location)
+            else:
+                exp_id = exp.experiment_id
+            self._experiments[name] = exp_id
+        return self._experiments[name]
+
+    def find_finished(self, task: str, config_hash: str) -> Any | None:
+        """A finished run of exactly this configuration, if one was recorded."""
+        runs = self.client.search_runs(
+            [self.experiment_id(task)],
+            filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def start(self, task: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id(task), run_name=run_name, tags=tags)
+        run_id = run.info.run_id
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=items[i : i + 100])
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+
+    def log_history(self, run_id: str, history: list[tuple[int, dict[str, float]]]) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for step, values in history for k, v in values.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def end(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)

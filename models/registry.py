@@ -1,0 +1,78 @@
+"""Model registry: a model is a backbone registered by a tiny preset function.
+
+A backbone turns a batch of sequences into hidden vectors and knows nothing of tasks:
+
+    forward(x, mask) -> (steps, summary)
+      x        (B, T) token ids, or (B, T, F) real-valued features
+      mask     (B, T) bool, True on real steps; padding is always at the end
+      steps    (B, T, step_dim)   one vector per step (per-step outputs)
+      summary  (B, summary_dim)   one vector per sequence (sequence-level outputs)
+
+Registering a preset (timm style): the function's name is the key ('_' becomes '-'),
+its docstring's first line the description, and it returns a ``ModelSpec``:
+
+    @register_model
+    def stacked_lstm() -> ModelSpec:
+        \"\"\"LSTM, 2 layers with dropout between them.\"\"\"
+        return recurrent("lstm", num_layers=2, dropout=0.2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.registry import Registry
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a backbone reads: token ids from a vocabulary, or real-valued features."""
+
+    vocab_size: int | None = None
+    n_features: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.vocab_size is None) == (self.n_features is None):
+            raise ValueError("InputSpec needs exactly one of vocab_size and n_features")
+
+
+SearchSpace = Callable[[Any], dict[str, Any]]  # optuna.Trial -> {"model.x": v, "train.y": v}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the harness needs to know about a model before building it."""
+
+    hparams: type  # a dataclass of the family's hyper-parameters
+    build: Callable[[InputSpec, Any, bool], Any]  # (input, hparams, causal) -> backbone nn.Module
+    preset: dict[str, Any] = field(default_factory=dict)  # values this preset changes
+    bidirectional: bool = False  # reads the future: refused by causal tasks
+    train_defaults: dict[str, Any] = field(default_factory=dict)  # e.g. a family's learning rate
+    search_space: SearchSpace | None = None
+    name: str = ""
+    description: str = ""
+
+    def make_hparams(self, **overrides: Any) -> Any:
+        """The preset's hyper-parameters with ``overrides`` on top (caller wins)."""
+        return self.hparams(**{**self.preset, **overrides})
+
+    def default_hparams(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.make_hparams())
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def register_model(fn: Callable[[], ModelSpec]) -> Callable[[], ModelSpec]:
+    spec = fn()
+    name = fn.__name__.replace("_", "-")
+    description = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+    MODELS.add(name, dataclasses.replace(spec, name=name, description=description))
+    return fn
+
+
+def get_model(name: str) -> ModelSpec:
+    return MODELS.get(name)

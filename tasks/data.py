@@ -1,0 +1,120 @@
+"""Dataset files: where they live, checksum verification, and download from their source.
+
+The data directory is ``--data-dir``, else ``$SEQBENCH_DATA_DIR``, else ``./data``.
+A file that is missing is downloaded from its public source into that directory
+(verified before it is moved into place); if that is impossible (offline, no write
+access), one clear error names the file, the source and where to put it by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.errors import BenchError
+
+ENV_DATA_DIR = "SEQBENCH_DATA_DIR"
+ENV_OFFLINE = "SEQBENCH_OFFLINE"  # set to 1 to never try a download
+DOWNLOAD_TIMEOUT_S = 20.0
+
+
+class MissingDataError(BenchError):
+    pass
+
+
+class ChecksumError(BenchError):
+    pass
+
+
+@dataclass(frozen=True)
+class DataFile:
+    path: str  # relative to the data directory, e.g. "airline/airline-passengers.csv"
+    sha256: str
+    url: str  # public source, pinned to a version where the host allows it
+    dataset: str = ""  # a human name for messages, e.g. "Disaster tweets (Kaggle)"
+
+
+def resolve_data_dir(explicit: str | Path | None = None) -> Path:
+    return Path(explicit or os.environ.get(ENV_DATA_DIR) or "data").expanduser().resolve()
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_verified: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime_ns) verified in this process
+
+
+def verify(file: DataFile, path: Path) -> None:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _verified:
+        return
+    got = sha256_of(path)
+    if got != file.sha256:
+        raise ChecksumError(
+            f"Checksum mismatch for {path}: expected sha256 {file.sha256}, got {got}. "
+            f"The file is corrupt or a different version; replace it with the one from {file.url}"
+        )
+    _verified[key] = True
+
+
+def status(file: DataFile, data_dir: Path) -> str:
+    """'verified', 'corrupt' or 'missing' (reads and hashes the file if present)."""
+    path = data_dir / file.path
+    if not path.is_file():
+        return "missing"
+    try:
+        verify(file, path)
+    except ChecksumError:
+        return "corrupt"
+    return "verified"
+
+
+def download(file: DataFile, target: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+    """Fetch ``file.url`` to ``target``, verifying the checksum before moving it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    try:
+        with urllib.request.urlopen(file.url, timeout=timeout) as response, open(part, "wb") as out:
+            shutil.copyfileobj(response, out, length=1 << 20)
+        got = sha256_of(part)
+        if got != file.sha256:
+            raise ChecksumError(
+                f"Downloaded {file.url} but its sha256 is {got}, expected {file.sha256}; not used"
+            )
+        part.replace(target)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def ensure(file: DataFile, data_dir: Path, allow_download: bool | None = None) -> Path:
+    """The verified path of ``file``, downloading it first if it is missing."""
+    path = data_dir / file.path
+    if not path.is_file():
+        if allow_download is None:
+            allow_download = os.environ.get(ENV_OFFLINE, "") in ("", "0")
+        reason = "downloads are off (SEQBENCH_OFFLINE)"
+        if allow_download:
+            try:
+                download(file, path)
+            except (urllib.error.URLError, OSError, ChecksumError) as e:
+                reason = f"download failed: {getattr(e, 'reason', None) or e}"
+        if not path.is_file():
+            name = f"{file.dataset} file" if file.dataset else "Dataset file"
+            raise MissingDataError(
+                f"{name} '{file.path}' is missing from the data directory {data_dir} ({reason}). "
+                f"Get it from {file.url} and save it as {path} (or point --data-dir / "
+                f"${ENV_DATA_DIR} at a directory that has it)."
+            )
+    verify(file, path)
+    return path

@@ -1,0 +1,146 @@
+"""Forecasting real series: a look-back window in, the next ``horizon`` values out.
+
+Chronological splits (the last periods are validation and test), scaling fitted on the
+training rows only, and metrics in the series' original units: MAE, RMSE, MAPE and
+MASE (MAE divided by the in-sample MAE of the seasonal-naive forecast on the training
+rows, Hyndman & Koehler 2006).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from tasks.data import DataFile, ensure
+from tasks.registry import Batch, OutputSpec, Splits, Task, TensorSplit, register_task
+
+
+@dataclass
+class SeriesParams:
+    lookback: int = 24  # L: past values the model sees
+    horizon: int = 12  # H: future values it predicts at once
+
+    def __post_init__(self) -> None:
+        for k in ("lookback", "horizon"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}={getattr(self, k)} is invalid: it must be >= 1")
+
+
+class SeriesTask(Task):
+    """A univariate series with the last ``test_len`` rows as test, ``val_len`` before as validation."""
+
+    file: ClassVar[DataFile]
+    value_column: ClassVar[str]
+    season: ClassVar[int]  # seasonal period, for MASE and the seasonal-naive reference
+    val_len: ClassVar[int]
+    test_len: ClassVar[int]
+    Params = SeriesParams
+    primary_metric = "mase"
+    higher_is_better = False
+
+    def files(self) -> list[DataFile]:
+        return [self.file]
+
+    @property
+    def output(self) -> OutputSpec:
+        return OutputSpec("values", shape=(self.params.horizon, 1))
+
+    def load_series(self) -> np.ndarray:
+        path = ensure(self.file, self.data_dir)
+        return pd.read_csv(path)[self.value_column].to_numpy(dtype=np.float64)
+
+    def borders(self, n: int) -> dict[str, tuple[int, int]]:
+        """Row ranges whose values are *targets* of each split."""
+        val_start, test_start = n - self.val_len - self.test_len, n - self.test_len
+        return {"train": (0, val_start), "val": (val_start, test_start), "test": (test_start, n)}
+
+    def windows(self, series: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every window whose targets lie in [start, end); inputs may reach back before start."""
+        L, H = self.params.lookback, self.params.horizon
+        origins = np.arange(max(start, L), end - H + 1)
+        if len(origins) == 0:
+            raise ValueError(
+                f"{self.name}: no window fits rows [{start}, {end}) with lookback={L}, horizon={H}"
+            )
+        x = np.stack([series[t - L : t] for t in origins])  # (N, L)
+        y = np.stack([series[t : t + H] for t in origins])  # (N, H)
+        return x, y
+
+    def setup(self) -> Splits:
+        raw = self.load_series()
+        b = self.borders(len(raw))
+        train_rows = raw[: b["train"][1]]
+        self.mean, self.std = float(train_rows.mean()), float(train_rows.std())
+        m = self.season
+        self.mase_scale = float(np.abs(train_rows[m:] - train_rows[:-m]).mean())
+        self.raw = raw
+        scaled = (raw - self.mean) / self.std
+        splits = {}
+        for name, (start, end) in b.items():
+            x, y = self.windows(scaled, start, end)
+            splits[name] = TensorSplit(
+                x=torch.tensor(x, dtype=torch.float32).unsqueeze(-1),  # (N, L, 1)
+                y=torch.tensor(y, dtype=torch.float32).unsqueeze(-1),  # (N, H, 1)
+            )
+        return Splits(**splits, n_features=1)
+
+    def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.mse_loss(pred, batch["y"])  # on the scaled values
+
+    def batch_stats(self, pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        p = pred.double() * self.std + self.mean  # original units
+        y = batch["y"].double() * self.std + self.mean
+        err = p - y
+        return {
+            "abs_err": err.abs().sum(),
+            "sq_err": (err**2).sum(),
+            "abs_pct_err": (err.abs() / y.abs().clamp(min=1e-8)).sum(),
+            "n": torch.tensor(err.numel()),
+        }
+
+    def finalize(self, s: dict[str, torch.Tensor]) -> dict[str, float]:
+        n = float(s["n"])
+        mae = float(s["abs_err"]) / n
+        return {
+            "mase": mae / self.mase_scale,
+            "mae": mae,
+            "rmse": (float(s["sq_err"]) / n) ** 0.5,
+            "mape": 100.0 * float(s["abs_pct_err"]) / n,
+        }
+
+    def references(self) -> dict[str, float]:
+        """The seasonal-naive forecast (same month last season) scored on the test split."""
+        if not hasattr(self, "raw"):
+            return {}
+        start, end = self.borders(len(self.raw))["test"]
+        x, y = self.windows(self.raw, start, end)
+        H, m = self.params.horizon, self.season
+        if self.params.lookback < m:
+            return {}
+        forecast = np.stack([x[:, -m + (h % m)] for h in range(H)], axis=1)  # (N, H)
+        mae = float(np.abs(forecast - y).mean())
+        return {"mase": mae / self.mase_scale, "mae": mae}
+
+
+@register_task
+class Airline(SeriesTask):
+    """Box & Jenkins airline passengers, monthly 1949-1960; the last 12 months are the test set."""
+
+    name = "airline"
+    description = "Airline passengers (monthly, 144 values): forecast the next 12 months from 24"
+    file = DataFile(
+        "airline/airline-passengers.csv",
+        "8cb51be753a718d9be5d76d7e238cc224792754676adc21faa59e954b0201621",
+        "https://raw.githubusercontent.com/jbrownlee/Datasets/"
+        "d20fcb6402ae34e653d4513b00f39257bb37ed7f/airline-passengers.csv",
+        dataset="Airline passengers",
+    )
+    value_column = "Passengers"
+    season = 12
+    val_len = 12
+    test_len = 12

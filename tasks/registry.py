@@ -1,0 +1,178 @@
+"""Task registry: a task owns its data, its loss and its metrics, and nothing about models.
+
+A task is a ``Task`` subclass registered with ``@register_task``. It declares:
+  - ``Params``: a dataclass of its parameters (a copy delay, a horizon, ...), set from the
+    CLI as ``copy:delay=200``; named ``variants`` are presets of them;
+  - its output (a class per sequence, a class per step, or an array of values) and
+    whether it is causal (outputs at step t may not see inputs after t);
+  - its loss, and metrics as additive statistics summed over every batch of a split,
+    so each metric is exact over the whole split whatever the batch size;
+  - a primary metric with its direction, and reference values (e.g. a memoryless
+    baseline) to read the numbers against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch.utils.data import Dataset
+
+from bench.registry import Registry
+from tasks.data import DataFile, resolve_data_dir
+
+Batch = dict[str, torch.Tensor]  # always has "x" (B, T[, F]), "mask" (B, T) bool and "y"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    kind: str  # "class_per_sequence" | "class_per_step" | "values"
+    n_classes: int = 0  # for the two classification kinds
+    shape: tuple[int, ...] = ()  # for "values", per sequence, e.g. (horizon, n_targets)
+
+    KINDS: ClassVar[tuple[str, ...]] = ("class_per_sequence", "class_per_step", "values")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"output kind '{self.kind}' is not one of {', '.join(self.KINDS)}")
+
+
+class TensorSplit(Dataset):
+    """A split held as equal-length tensors, fetched a whole batch at a time."""
+
+    def __init__(self, **tensors: torch.Tensor) -> None:
+        n = {len(t) for t in tensors.values()}
+        if len(n) != 1:
+            raise ValueError(f"tensors of different lengths: {n}")
+        if "mask" not in tensors:
+            x = tensors["x"]
+            tensors["mask"] = torch.ones(x.shape[:2], dtype=torch.bool)
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors["x"])
+
+    def __getitem__(self, i: int) -> Batch:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+    def __getitems__(self, idx: list[int]) -> Batch:  # DataLoader's batched fetch
+        index = torch.as_tensor(idx)
+        return {k: v[index] for k, v in self.tensors.items()}
+
+    @staticmethod
+    def collate(batch: Batch) -> Batch:
+        return batch
+
+
+class PaddedSplit(Dataset):
+    """Variable-length token sequences, padded (id 0, at the end) per batch with a mask."""
+
+    def __init__(self, sequences: list[torch.Tensor], y: torch.Tensor) -> None:
+        if len(sequences) != len(y):
+            raise ValueError("sequences and labels differ in length")
+        self.sequences, self.y = sequences, y
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx: list[int]) -> Batch:
+        seqs = [self.sequences[i] for i in idx]
+        T = max(len(s) for s in seqs)
+        x = torch.zeros(len(seqs), T, dtype=torch.long)
+        mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+        for row, s in enumerate(seqs):
+            x[row, : len(s)] = s
+            mask[row, : len(s)] = True
+        return {"x": x, "mask": mask, "y": self.y[torch.as_tensor(idx)]}
+
+    @staticmethod
+    def collate(batch: Batch) -> Batch:
+        return batch
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    vocab_size: int | None = None  # token-id input ...
+    n_features: int | None = None  # ... or real-valued features
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+class Task(ABC):
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    version: ClassVar[int] = 1  # bump when data, splits or metrics change
+    Params: ClassVar[type]
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    primary_metric: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+    causal: ClassVar[bool] = False
+
+    def __init__(self, params: Any, data_dir: Path | None = None, seed: int = 0) -> None:
+        self.params = params
+        self.data_dir = resolve_data_dir(data_dir)
+        self.seed = seed
+
+    @classmethod
+    def make_params(cls, **overrides: Any) -> Any:
+        return cls.Params(**overrides)
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return dataclasses.asdict(cls.Params())
+
+    def files(self) -> list[DataFile]:
+        """Dataset files this task reads from the data directory (none for synthetic tasks)."""
+        return []
+
+    @property
+    @abstractmethod
+    def output(self) -> OutputSpec: ...
+
+    @abstractmethod
+    def setup(self) -> Splits:
+        """Load or generate the data; the same params and seed give the same splits."""
+
+    @abstractmethod
+    def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor: ...
+
+    @abstractmethod
+    def batch_stats(self, pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        """Additive statistics of one batch (sums and counts); summed over a split."""
+
+    @abstractmethod
+    def finalize(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics of a whole split from its summed statistics."""
+
+    def references(self) -> dict[str, float]:
+        """Reference values of metrics (baselines) to print beside the results."""
+        return {}
+
+    def tokens(self, batch: Batch) -> int:
+        """Time steps processed in a batch (for tokens/s): the real, unpadded ones."""
+        return int(batch["mask"].sum())
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no name")
+    TASKS.add(cls.name, cls)
+    return cls
+
+
+def get_task(name: str) -> type[Task]:
+    return TASKS.get(name)
