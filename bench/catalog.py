@@ -9,6 +9,7 @@ adding a model or task file changes the key, and the catalog is rebuilt.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import bench
-from bench.config import PROFILES, Budget, TaskRef, TrainConfig, fields_of, parse_assignments, typed_overrides
+from bench.config import (
+    PROFILES,
+    Budget,
+    RunConfig,
+    TaskRef,
+    TrainConfig,
+    fields_of,
+    parse_assignments,
+    typed_overrides,
+)
 from bench.errors import BenchError
 from bench.registry import select_names, unknown_message
 
@@ -72,7 +82,7 @@ def build_catalog() -> dict[str, Any]:
             "output": task.output.kind,
             "params": fields_of(cls.Params),
             "variants": cls.variants,
-            "files": [{"path": f.path, "url": f.url} for f in task.files()],
+            "files": [dataclasses.asdict(f) for f in task.files()],
         }
     return catalog
 
@@ -191,3 +201,39 @@ def parse_request(
                     (m, t.label, f"{m} is bidirectional (reads later steps) and {t.name} is causal")
                 )
     return request
+
+
+def resolve(request: Request) -> list[RunConfig]:
+    """Every run of a request, fully resolved; invalid values raise a one-line BenchError."""
+    import models
+    import tasks
+
+    configs = []
+    for model, ref in request.pairs():
+        spec = models.get_model(model)
+        task_cls = tasks.get_task(ref.name)
+        try:
+            hp = spec.make_hparams(**request.model_overrides)
+        except (ValueError, TypeError) as e:
+            raise BenchError(f"Invalid hyper-parameters for model {model}: {e}") from None
+        try:
+            params = task_cls.make_params(**{**task_cls.variants.get(ref.variant, {}), **ref.params})
+            train = TrainConfig(**{**spec.train_defaults, **request.train_overrides})
+            budget = dataclasses.replace(PROFILES[request.profile], **request.budget_overrides)
+        except (ValueError, TypeError) as e:
+            raise BenchError(f"Invalid settings for {model} × {ref.label}: {e}") from None
+        for seed in request.seeds:
+            configs.append(
+                RunConfig(
+                    model=model,
+                    task=ref,
+                    seed=seed,
+                    profile=request.profile,
+                    model_params=dataclasses.asdict(hp),
+                    task_params=dataclasses.asdict(params),
+                    train=dataclasses.asdict(train),
+                    budget=dataclasses.asdict(budget),
+                    task_version=task_cls.version,
+                )
+            )
+    return configs

@@ -76,7 +76,11 @@ def inference_latency(module: torch.nn.Module, batch: dict[str, torch.Tensor], r
             times.append(time.perf_counter() - t0)
     module.train(was_training)
     ms = 1000 * statistics.median(times)
-    return {"perf/infer_batch_ms": ms, "perf/infer_samples_per_s": len(x) / (ms / 1000), "perf/infer_batch_size": len(x)}
+    return {
+        "perf/infer_batch_ms": ms,
+        "perf/infer_samples_per_s": len(x) / (ms / 1000),
+        "perf/infer_batch_size": len(x),
+    }
 
 
 class PeakMemory:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
+import pkgutil
 from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
@@ -56,11 +58,31 @@ def select_names(kind: str, spec: str | Iterable[str], available: Iterable[str])
 
 
 class Registry(Generic[T]):
-    """Name -> item. Registering a name twice is an error, never a silent overwrite."""
+    """Name -> item. Registering a name twice is an error, never a silent overwrite.
 
-    def __init__(self, kind: str) -> None:
+    With ``package``, every module of that package is imported on first use, so a new
+    model or task file registers itself without being listed anywhere else.
+    """
+
+    def __init__(self, kind: str, package: str | None = None) -> None:
         self.kind = kind
+        self.package = package
         self._items: dict[str, T] = {}
+        self._discovered = package is None
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        pkg = importlib.import_module(self.package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{info.name}")
+
+    @property
+    def items(self) -> dict[str, T]:
+        self._discover()
+        return self._items
 
     def add(self, name: str, item: T) -> T:
         if name in self._items:
@@ -73,21 +95,21 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         try:
-            return self._items[name]
+            return self.items[name]
         except KeyError:
             raise UnknownNameError(unknown_message(self.kind, name, self._items)) from None
 
     def names(self, pattern: str = "*") -> list[str]:
-        return [n for n in self._items if fnmatch.fnmatch(n, pattern)]
+        return [n for n in self.items if fnmatch.fnmatch(n, pattern)]
 
     def select(self, spec: str | Iterable[str]) -> list[str]:
-        return select_names(self.kind, spec, self._items)
+        return select_names(self.kind, spec, self.items)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self.items
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
+        return iter(list(self.items))
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.items)

@@ -9,7 +9,6 @@ reason, and the sweep goes on.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -33,9 +32,7 @@ from torch.utils.data import DataLoader
 import bench
 import models
 import tasks
-from bench.catalog import Request
-from bench.config import PROFILES, RunConfig, TrainConfig
-from bench.errors import BenchError
+from bench.config import RunConfig
 from bench.meters import PeakMemory, Throughput, inference_latency
 from bench.module import SeqModule
 from bench.tracking import Tracker
@@ -71,39 +68,6 @@ class RunResult:
     primary_metric: str = ""
     higher_is_better: bool = True
     wall_s: float = 0.0
-
-
-def resolve(request: Request) -> list[RunConfig]:
-    """Every run of a request, fully resolved; invalid values raise a one-line BenchError."""
-    configs = []
-    for model, ref in request.pairs():
-        spec = models.get_model(model)
-        task_cls = tasks.get_task(ref.name)
-        try:
-            hp = spec.make_hparams(**request.model_overrides)
-        except (ValueError, TypeError) as e:
-            raise BenchError(f"Invalid hyper-parameters for model {model}: {e}") from None
-        try:
-            params = task_cls.make_params(**{**task_cls.variants.get(ref.variant, {}), **ref.params})
-            train = TrainConfig(**{**spec.train_defaults, **request.train_overrides})
-            budget = dataclasses.replace(PROFILES[request.profile], **request.budget_overrides)
-        except (ValueError, TypeError) as e:
-            raise BenchError(f"Invalid settings for {model} × {ref.label}: {e}") from None
-        for seed in request.seeds:
-            configs.append(
-                RunConfig(
-                    model=model,
-                    task=ref,
-                    seed=seed,
-                    profile=request.profile,
-                    model_params=dataclasses.asdict(hp),
-                    task_params=dataclasses.asdict(params),
-                    train=dataclasses.asdict(train),
-                    budget=dataclasses.asdict(budget),
-                    task_version=task_cls.version,
-                )
-            )
-    return configs
 
 
 def git_commit() -> str:

@@ -8,6 +8,7 @@ The default store is embedded (SQLite under ``results/``): nothing to start, and
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating tables
 
 EXPERIMENT_PREFIX = "seqbench/"
 

@@ -1,6 +1,6 @@
-"""Model registry. Importing this package registers every model family below."""
+"""Model registry: one file per family; every module here registers itself on first use
+of ``MODELS`` (see models/registry.py). Importing this package loads no torch."""
 
-from models import attention, recurrent, transformer  # noqa: F401  (registration side effects)
 from models.registry import MODELS, InputSpec, ModelSpec, get_model, register_model
 
 __all__ = ["MODELS", "InputSpec", "ModelSpec", "get_model", "register_model"]

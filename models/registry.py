@@ -63,7 +63,7 @@ class ModelSpec:
         return dataclasses.asdict(self.make_hparams())
 
 
-MODELS: Registry[ModelSpec] = Registry("model")
+MODELS: Registry[ModelSpec] = Registry("model", package="models")
 
 
 def register_model(fn: Callable[[], ModelSpec]) -> Callable[[], ModelSpec]:

@@ -164,7 +164,7 @@ class Task(ABC):
         return int(batch["mask"].sum())
 
 
-TASKS: Registry[type[Task]] = Registry("task")
+TASKS: Registry[type[Task]] = Registry("task", package="tasks")
 
 
 def register_task(cls: type[Task]) -> type[Task]:

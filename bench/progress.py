@@ -1,0 +1,68 @@
+"""Live progress of a sweep: the overall count, the current run's steps, its loss and
+latest validation score, and one line per finished run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class SweepProgress:
+    def __init__(self, console: Console, total_runs: int) -> None:
+        self.console = console
+        self.total = total_runs
+        self.done = 0
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=True,
+        )
+        self.sweep = self.progress.add_task("sweep", total=total_runs, info="")
+        self.current: Any = None
+        self.primary = ""
+
+    def __enter__(self) -> SweepProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    # Listener protocol (called by the runner)
+    def on_start(self, config: Any, max_steps: int) -> None:
+        if self.current is not None:
+            self.progress.remove_task(self.current)
+        self.primary = ""
+        self.current = self.progress.add_task(f"  {config.label}", total=max_steps, info="")
+
+    def on_step(self, step: int, loss: float) -> None:
+        self.progress.update(self.current, completed=step, info=f"loss {loss:.4g}{self.primary}")
+
+    def on_validation(self, step: int, metrics: dict[str, float]) -> None:
+        name, value = next(iter(metrics.items()))
+        self.primary = f"  val/{name} {value:.4g}"
+
+    def on_evaluate(self) -> None:
+        self.progress.update(self.current, info=f"evaluating the best checkpoint{self.primary}")
+
+    def finished(self, result: Any) -> None:
+        self.done += 1
+        self.progress.update(self.sweep, completed=self.done)
+        key = f"test/{result.primary_metric}"
+        if result.status == "failed":
+            line = f"[red]failed[/]   {result.config.label}: {result.reason}"
+        else:
+            score = result.metrics.get(key)
+            text = f"{key} {score:.4g}" if score is not None else ""
+            state = "[green]done[/]  " if result.status == "finished" else "[cyan]cached[/]"
+            line = f"{state}   {result.config.label}: {text}  ({result.metrics.get('time/total_s', 0):.1f} s)"
+        self.console.print(f"[{self.done}/{self.total}] {line}", highlight=False)
+        if self.current is not None:
+            self.progress.remove_task(self.current)
+            self.current = None
