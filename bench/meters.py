@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import statistics
 import threading
 import time
@@ -60,11 +63,13 @@ class Throughput(L.Callback):
 
 
 @torch.no_grad()
-def inference_latency(module: torch.nn.Module, batch: dict[str, torch.Tensor], repeats: int = 10) -> dict[str, float]:
-    """Median forward time of one batch, after two warm-up passes."""
+def inference_latency(
+    module: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, repeats: int = 10
+) -> dict[str, float]:
+    """Median forward time of one batch on ``device``, after two warm-up passes."""
     was_training = module.training
     module.eval()
-    device = next(module.parameters()).device
+    module.to(device)  # Lightning moves the module back to the CPU when testing ends
     x, mask = batch["x"].to(device), batch["mask"].to(device)
     times = []
     for i in range(repeats + 2):
@@ -81,6 +86,17 @@ def inference_latency(module: torch.nn.Module, batch: dict[str, torch.Tensor], r
         "perf/infer_samples_per_s": len(x) / (ms / 1000),
         "perf/infer_batch_size": len(x),
     }
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc), so that what an earlier run left in
+    the allocator's free lists does not hide the next run's growth of the resident set."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement is only less sharp
+        pass
 
 
 class PeakMemory:
@@ -100,6 +116,8 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            _release_free_memory()
         self.start_rss = self.peak_rss = self.process.memory_info().rss
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()

@@ -161,6 +161,8 @@ class Runner:
             done = self.tracker.find_finished(config.task.name, config.config_hash)
             if done is not None:
                 result.status, result.run_id, result.metrics = "cached", done.info.run_id, dict(done.data.metrics)
+                result.references = {k.split(".", 1)[1]: float(v) for k, v in done.data.tags.items()
+                                     if k.startswith("reference.")}
                 return result
         suffix = "" if config.task.label == config.task.name else f"[{config.task.label.split(':', 1)[1]}]-"
         tags = {
@@ -274,7 +276,7 @@ class Runner:
         metrics: dict[str, float] = {f"val/{k}": v for k, v in module.results["val"].items()}
         metrics.update({f"test/{k}": v for k, v in module.results["test"].items()})
         metrics.update(throughput.metrics())
-        metrics.update(inference_latency(module, next(iter(test_loader))))
+        metrics.update(inference_latency(module, next(iter(test_loader)), self.device))
         metrics.update({
             "model/params": sum(p.numel() for p in module.parameters()),
             "train/steps": trainer.global_step,

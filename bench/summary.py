@@ -26,11 +26,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def fmt(values: list[float], pattern: str = "{:.4g}") -> str:
+def fmt(values: list[float], pattern: str = "{:.4g}", std_pattern: str = "{:.2g}") -> str:
     m, s = mean_std(values)
     if math.isnan(m):
         return "–"
-    return pattern.format(m) + (f" ± {pattern.format(s)}" if len(values) > 1 else "")
+    return pattern.format(m) + (f" ± {std_pattern.format(s)}" if len(values) > 1 and s > 0 else "")
 
 
 def task_tables(results: list[Any]) -> list[Table]:
@@ -54,20 +54,19 @@ def task_tables(results: list[Any]) -> list[Table]:
             score, _ = mean_std([r.metrics.get(f"test/{primary}", math.nan) for r in ok])
             cells = [model, f"{len(ok)}" + (f" (+{len(failed)} failed)" if failed else "")]
             cells += [fmt([r.metrics.get(f"test/{m}", math.nan) for r in ok]) for m in metric_names]
-            cells += [fmt([r.metrics.get(k, math.nan) for r in ok], p) for k, p in
-                      ((k, p) for k, _, p in PERF_COLUMNS)]
+            cells += [fmt([r.metrics.get(k, math.nan) for r in ok], p, p) for k, _, p in PERF_COLUMNS]
             note = "; ".join(f"seed {r.config.seed}: {r.reason}" for r in failed)
             if any(r.status == "cached" for r in ok):
                 note = (note + "; " if note else "") + "recorded earlier"
             rows.append((math.isnan(score), -score if higher else score, cells + [note]))
         rows.sort(key=lambda row: (row[0], row[1]))
         arrow = "↑" if higher else "↓"
-        table = Table(title=f"{label} — ranked on test/{primary} {arrow}", title_justify="left")
+        table = Table(title=f"{label}: test split, ranked on {primary} {arrow}", title_justify="left")
         table.add_column("#", justify="right")
         table.add_column("model")
         table.add_column("seeds", justify="right")
         for m in metric_names:
-            table.add_column(f"test/{m}" + (f" {arrow}" if m == primary else ""), justify="right")
+            table.add_column(m + (f" {arrow}" if m == primary else ""), justify="right")
         for _, header, _ in PERF_COLUMNS:
             table.add_column(header, justify="right")
         table.add_column("notes")
