@@ -152,19 +152,25 @@ def parse_tasks(spec: str, catalog: dict[str, Any]) -> list[TaskRef]:
 
 
 def parse_seeds(spec: str) -> list[int]:
+    """``0,1,2`` or ``0-4`` (inclusive) -> seeds; each in [0, 2**32) as Lightning needs."""
     seeds: list[int] = []
     for part in spec.split(","):
         part = part.strip()
         try:
             if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                seeds += range(int(lo), int(hi) + 1)
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds += range(lo, hi + 1)
             elif part:
                 seeds.append(int(part))
         except ValueError:
             raise BenchError(f"Invalid seeds '{spec}': expected e.g. 0,1,2 or 0-4") from None
     if not seeds:
         raise BenchError(f"Invalid seeds '{spec}': no seed given")
+    bad = [s for s in seeds if not 0 <= s < 2**32]
+    if bad:
+        raise BenchError(f"Invalid seeds '{spec}': {bad[0]} is out of range; seeds must be in [0, 2**32)")
     return list(dict.fromkeys(seeds))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 import bench
 from bench.errors import BenchError
@@ -91,10 +92,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     catalog = load_catalog()
     request = parse_request(args.models, args.tasks, args.seeds, args.profile, args.set or [], catalog)
     for model, task, reason in request.refused:
-        err_console.print(f"[yellow]refused[/] {model} × {task}: {reason}")
+        err_console.print(f"[yellow]refused[/] {escape(model)} × {escape(task)}: {escape(reason)}")
     data_dir = resolve_data_dir(args.data_dir)
     for problem in check_data(request, catalog, data_dir):
-        err_console.print(f"[yellow]skipped[/] {problem}")
+        err_console.print(f"[yellow]skipped[/] {escape(problem)}")
     if not request.pairs():
         raise BenchError("Nothing to run: every requested (model, task) pair was refused or lacks its data")
 
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except BenchError as e:
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]: runs finished so far are recorded")

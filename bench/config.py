@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -98,7 +99,10 @@ def coerce(text: str, type_str: str, key: str) -> Any:
             if t == "int":
                 return int(text)
             if t == "float":
-                return float(text)
+                value = float(text)
+                if not math.isfinite(value):
+                    raise ValueError
+                return value
             if t == "bool":
                 if text.lower() in ("true", "1", "yes", "on"):
                     return True
@@ -143,7 +147,7 @@ class TaskRef:
     @property
     def label(self) -> str:
         parts = [self.name] + ([self.variant] if self.variant else [])
-        return ":".join(parts + [f"{k}={v}" for k, v in self.params.items()])
+        return ":".join(parts + [f"{k}={v}" for k, v in sorted(self.params.items())])
 
 
 @dataclass(frozen=True)

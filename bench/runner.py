@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import platform
+import signal
 import subprocess
 import tempfile
 import time
@@ -255,7 +256,15 @@ class Runner:
                 default_root_dir=ckpt_dir,
             )
             t_fit = time.perf_counter()
-            trainer.fit(module, train_loader, val_loader)
+            try:
+                trainer.fit(module, train_loader, val_loader)
+            except SystemExit:
+                # Lightning turns Ctrl+C into sys.exit(1) and ignores SIGINT from then on:
+                # give the user their Ctrl+C back and let the sweep see an interruption.
+                if trainer.interrupted:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    raise KeyboardInterrupt from None
+                raise
             train_s = time.perf_counter() - t_fit
             if self.listener is not None:
                 self.listener.on_evaluate()

@@ -44,6 +44,6 @@ def masked_mean(steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def check_range(name: str, value: float, lo: float, hi: float | None = None) -> None:
     """Raise a one-line ValueError naming the hyper-parameter when it is out of range."""
-    if value < lo or (hi is not None and value > hi):
+    if not (value >= lo and (hi is None or value <= hi)):  # also refuses NaN
         bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise ValueError(f"{name}={value!r} is invalid: it must be {bound}")
