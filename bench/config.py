@@ -44,7 +44,7 @@ class Budget:
     max_epochs: int
     max_time_s: float  # training wall time (evaluation of the best checkpoint comes after)
     patience: int  # validations without improvement of the primary metric before stopping
-    val_every_steps: int  # validate this often (and at least once per epoch)
+    val_every_steps: int  # validate every this many optimizer steps, across epoch boundaries
     warmup_steps: int  # first steps left out of the throughput measurement
 
     def __post_init__(self) -> None:
@@ -58,12 +58,12 @@ PROFILES: dict[str, Budget] = {
     # Seconds per run: for tests and smoke checks; the numbers mean nothing.
     "tiny": Budget(max_steps=8, max_epochs=2, max_time_s=60, patience=2, val_every_steps=4, warmup_steps=2),
     # A whole `--tasks all` sweep in minutes on a 2-core CPU.
-    "quick": Budget(max_steps=400, max_epochs=30, max_time_s=45, patience=4, val_every_steps=50, warmup_steps=10),
+    "quick": Budget(max_steps=400, max_epochs=1000, max_time_s=45, patience=4, val_every_steps=50, warmup_steps=10),
     # Enough for the small models to converge on most tasks.
-    "standard": Budget(max_steps=5000, max_epochs=200, max_time_s=900, patience=8, val_every_steps=200,
+    "standard": Budget(max_steps=5000, max_epochs=1000, max_time_s=900, patience=8, val_every_steps=200,
                        warmup_steps=20),
     # Each task's full protocol: long runs, stopped by early stopping.
-    "full": Budget(max_steps=100_000, max_epochs=1000, max_time_s=6 * 3600, patience=15, val_every_steps=500,
+    "full": Budget(max_steps=100_000, max_epochs=10_000, max_time_s=6 * 3600, patience=15, val_every_steps=500,
                    warmup_steps=50),
 }
 

@@ -245,7 +245,7 @@ class Runner:
                 max_steps=budget["max_steps"],
                 max_epochs=budget["max_epochs"],
                 max_time={"seconds": budget["max_time_s"]},
-                val_check_interval=min(budget["val_every_steps"], steps_per_epoch),
+                val_check_interval=budget["val_every_steps"],  # counted in steps, across epochs
                 check_val_every_n_epoch=None,
                 gradient_clip_val=train["grad_clip"] or None,
                 callbacks=[*callbacks, best],
