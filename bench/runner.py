@@ -144,9 +144,10 @@ class Runner:
 
     def data(self, config: RunConfig) -> tuple[Task, Splits]:
         """The task and its splits; kept for the next runs that use the same data."""
-        key = json.dumps([config.task.name, config.task_params, config.seed], sort_keys=True)
+        task_cls = tasks.get_task(config.task.name)
+        seed = config.seed if task_cls.seeded_data else None  # real data: one setup serves every seed
+        key = json.dumps([config.task.name, config.task_params, seed], sort_keys=True)
         if key not in self._data:
-            task_cls = tasks.get_task(config.task.name)
             task = task_cls(task_cls.make_params(**config.task_params), self.data_dir, config.seed)
             self._data[key] = (task, task.setup())
             while len(self._data) > 4:

@@ -34,17 +34,23 @@ class ChecksumError(BenchError):
 @dataclass(frozen=True)
 class DataFile:
     path: str  # relative to the data directory, e.g. "airline/airline-passengers.csv"
-    sha256: str
+    sha256: str  # "" where only an md5 is published
     url: str  # public source, pinned to a version where the host allows it
     dataset: str = ""  # a human name for messages, e.g. "Disaster tweets (Kaggle)"
+    md5: str = ""
+    how: str = ""  # when the source is not the file itself: how to make the file from it (no auto-download)
+
+    @property
+    def checksum(self) -> tuple[str, str]:
+        return ("sha256", self.sha256) if self.sha256 else ("md5", self.md5)
 
 
 def resolve_data_dir(explicit: str | Path | None = None) -> Path:
     return Path(explicit or os.environ.get(ENV_DATA_DIR) or "data").expanduser().resolve()
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
+def digest_of(path: Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
@@ -59,10 +65,11 @@ def verify(file: DataFile, path: Path) -> None:
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key in _verified:
         return
-    got = sha256_of(path)
-    if got != file.sha256:
+    algorithm, expected = file.checksum
+    got = digest_of(path, algorithm)
+    if got != expected:
         raise ChecksumError(
-            f"Checksum mismatch for {path}: expected sha256 {file.sha256}, got {got}. "
+            f"Checksum mismatch for {path}: expected {algorithm} {expected}, got {got}. "
             f"The file is corrupt or a different version; replace it with the one from {file.url}"
         )
     _verified[key] = True
@@ -87,11 +94,10 @@ def download(file: DataFile, target: Path, timeout: float = DOWNLOAD_TIMEOUT_S) 
     try:
         with urllib.request.urlopen(file.url, timeout=timeout) as response, open(part, "wb") as out:
             shutil.copyfileobj(response, out, length=1 << 20)
-        got = sha256_of(part)
-        if got != file.sha256:
-            raise ChecksumError(
-                f"Downloaded {file.url} but its sha256 is {got}, expected {file.sha256}; not used"
-            )
+        algorithm, expected = file.checksum
+        got = digest_of(part, algorithm)
+        if got != expected:
+            raise ChecksumError(f"Downloaded {file.url} but its {algorithm} is {got}, expected {expected}; not used")
         part.replace(target)
     finally:
         part.unlink(missing_ok=True)
@@ -103,18 +109,18 @@ def ensure(file: DataFile, data_dir: Path, allow_download: bool | None = None) -
     if not path.is_file():
         if allow_download is None:
             allow_download = os.environ.get(ENV_OFFLINE, "") in ("", "0")
-        reason = "downloads are off (SEQBENCH_OFFLINE)"
-        if allow_download:
+        reason = "downloads are off (SEQBENCH_OFFLINE)" if not file.how else "it cannot be downloaded as is"
+        if allow_download and not file.how:
             try:
                 download(file, path)
             except (urllib.error.URLError, OSError, ChecksumError) as e:
                 reason = f"download failed: {getattr(e, 'reason', None) or e}"
         if not path.is_file():
             name = f"{file.dataset} file" if file.dataset else "Dataset file"
+            get = f"Make it from {file.url}: {file.how}," if file.how else f"Get it from {file.url} and"
             raise MissingDataError(
                 f"{name} '{file.path}' is missing from the data directory {data_dir} ({reason}). "
-                f"Get it from {file.url} and save it as {path} (or point --data-dir / "
-                f"${ENV_DATA_DIR} at a directory that has it)."
+                f"{get} save it as {path} (or point --data-dir / ${ENV_DATA_DIR} at a directory that has it)."
             )
     verify(file, path)
     return path

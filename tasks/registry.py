@@ -118,6 +118,7 @@ class Task(ABC):
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool]
     causal: ClassVar[bool] = False
+    seeded_data: ClassVar[bool] = False  # True when the training data is drawn from the run's seed
 
     def __init__(self, params: Any, data_dir: Path | None = None, seed: int = 0) -> None:
         self.params = params

@@ -53,6 +53,7 @@ class Copy(Task):
     variants = {"T200": {"delay": 200}, "T500": {"delay": 500}}
     primary_metric = "ce"
     higher_is_better = False
+    seeded_data = True
 
     @property
     def output(self) -> OutputSpec:
@@ -144,6 +145,7 @@ class Adding(Task):
     variants = {"T200": {"length": 200}, "T400": {"length": 400}}
     primary_metric = "mse"
     higher_is_better = False
+    seeded_data = True
 
     @property
     def output(self) -> OutputSpec:

@@ -6,6 +6,7 @@ evaluation keeps every sample, in file order.
 
 from __future__ import annotations
 
+import csv
 import html
 import re
 from collections import Counter
@@ -27,6 +28,7 @@ _TOKEN = re.compile(r"<url>|<user>|[a-z0-9]+(?:'[a-z]+)?|[^\s\w]")
 
 
 def tokenize(text: str) -> list[str]:
+    """Lower-cased words, numbers and punctuation; links and @users become one token each."""
     text = html.unescape(text).lower()
     text = _URL.sub(" <url> ", text)
     text = _USER.sub(" <user> ", text)
@@ -67,16 +69,24 @@ class TextParams:
     max_len: int = 64  # tokens kept per document (the rest is truncated)
     vocab_size: int = 20_000  # cap, including PAD and UNK
     min_freq: int = 2  # rarer training words become UNK
-    split_seed: int = 0  # the fixed train/val/test split; not the run seed
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    split_seed: int = 0  # the fixed split carved from the training file; not the run seed
+    val_fraction: float = 0.1  # of the training file, held out for validation
 
     def __post_init__(self) -> None:
         if self.max_len < 1 or self.vocab_size < 3 or self.min_freq < 1:
             raise ValueError("max_len >= 1, vocab_size >= 3 and min_freq >= 1 are required")
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1):
-            raise ValueError("val_fraction and test_fraction must be in (0, 1) and sum below 1")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction={self.val_fraction} is invalid: it must be in (0, 1)")
+
+
+@dataclass
+class TweetsParams(TextParams):
+    test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("test_fraction must be in (0, 1) and val_fraction + test_fraction below 1")
 
 
 class TextClassificationTask(Task):
@@ -93,16 +103,28 @@ class TextClassificationTask(Task):
         """Raw (texts, labels) per split."""
         raise NotImplementedError
 
+    def clean(self, text: str) -> str:
+        """Source-specific clean-up before tokenizing (markup, escape leftovers)."""
+        return text
+
+    def carve_validation(
+        self, texts: list[str], labels: np.ndarray, test: tuple[list[str], np.ndarray]
+    ) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Train/validation from the training file (stratified, fixed by split_seed); test as given."""
+        idx = stratified_split(labels, (self.params.val_fraction, 0.0), self.params.split_seed)
+        out = {k: ([texts[i] for i in idx[k]], labels[idx[k]]) for k in ("train", "val")}
+        return {**out, "test": test}
+
     def setup(self) -> Splits:
         raw = self.load()
-        tokens = {k: [tokenize(t) for t in texts] for k, (texts, _) in raw.items()}
+        tokens = {k: [tokenize(self.clean(t)) for t in texts] for k, (texts, _) in raw.items()}
         p = self.params
         self.vocab = Vocabulary(tokens["train"], p.vocab_size, p.min_freq)
         counts = np.bincount(raw["train"][1], minlength=self.n_classes)
         self.majority = int(counts.argmax())
         self.test_labels = raw["test"][1]
         splits = {
-            k: PaddedSplit([self.vocab.encode(t, p.max_len) for t in tokens[k]], torch.as_tensor(raw[k][1]))
+            k: PaddedSplit([self.vocab.encode(t, p.max_len) for t in tokens[k]], torch.tensor(raw[k][1]))
             for k in raw
         }
         return Splits(**splits, vocab_size=len(self.vocab))
@@ -141,6 +163,7 @@ class Tweets(TextClassificationTask):
 
     name = "tweets"
     description = "Disaster tweets (7,613): real disaster or not; fixed stratified 80/10/10 split"
+    Params = TweetsParams
     n_classes = 2
     file = DataFile(
         "disaster_tweets/train.csv",
@@ -159,3 +182,128 @@ class Tweets(TextClassificationTask):
         p = self.params
         idx = stratified_split(labels, (p.val_fraction, p.test_fraction), p.split_seed)
         return {k: ([texts[i] for i in rows], labels[rows]) for k, rows in idx.items()}
+
+
+@register_task
+class SST2(TextClassificationTask):
+    """GLUE SST-2 sentiment: the GLUE train file (phrases) with validation carved from it, and
+    the GLUE dev set as the test set (GLUE's test labels are hidden)."""
+
+    name = "sst2"
+    description = "SST-2 sentiment (GLUE): 67k training phrases; the 872-sentence dev set is the test set"
+    n_classes = 2
+    train_file = DataFile(
+        "sst2/train.tsv",
+        "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1",
+        "https://raw.githubusercontent.com/eyalbd2/Reproducing-AutoPrompt/"
+        "6288fb5bec9c572f2492875ae0111df5b6daed11/glue_data/SST-2/train_full.tsv",
+        dataset="SST-2 train",
+    )
+    dev_file = DataFile(
+        "sst2/dev.tsv",
+        "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0",
+        "https://raw.githubusercontent.com/eyalbd2/Reproducing-AutoPrompt/"
+        "6288fb5bec9c572f2492875ae0111df5b6daed11/glue_data/SST-2/dev.tsv",
+        dataset="SST-2 dev",
+    )
+
+    def files(self) -> list[DataFile]:
+        return [self.train_file, self.dev_file]
+
+    def _read(self, file: DataFile) -> tuple[list[str], np.ndarray]:
+        df = pd.read_csv(ensure(file, self.data_dir), sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
+        return df["sentence"].str.strip().tolist(), df["label"].to_numpy(dtype=np.int64)
+
+    def load(self) -> dict[str, tuple[list[str], np.ndarray]]:
+        return self.carve_validation(*self._read(self.train_file), test=self._read(self.dev_file))
+
+
+@dataclass
+class IMDBParams(TextParams):
+    max_len: int = 256  # reviews average ~270 tokens; longer ones are truncated
+
+
+@register_task
+class IMDB(TextClassificationTask):
+    """Large Movie Review Dataset (Maas et al. 2011): the standard 25k/25k train/test split,
+    validation carved from train; HTML line breaks removed."""
+
+    name = "imdb"
+    description = "IMDB reviews: 25k train / 25k test, positive or negative; truncated to max_len tokens"
+    Params = IMDBParams
+    n_classes = 2
+    train_file = DataFile(
+        "imdb/train.csv",
+        "c324c54e17ffceb54230d53ed26c7c43530fc5fe7374990773ce9871c2bf27ed",
+        "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+        dataset="IMDB train",
+        how="one CSV with a header 'text,label' of every review in aclImdb/train/neg (label 0, by id) "
+        "then aclImdb/train/pos (label 1, by id), texts unchanged",
+    )
+    test_file = DataFile(
+        "imdb/test.csv",
+        "9c724df13b97942ce5d40e5df5d6832a522312f601e26de41cd1e7906744cf16",
+        "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+        dataset="IMDB test",
+        how="one CSV with a header 'text,label' of every review in aclImdb/test/neg (label 0, by id) "
+        "then aclImdb/test/pos (label 1, by id), texts unchanged",
+    )
+    _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+    def files(self) -> list[DataFile]:
+        return [self.train_file, self.test_file]
+
+    def clean(self, text: str) -> str:
+        return self._BREAK.sub(" ", text)
+
+    def _read(self, file: DataFile) -> tuple[list[str], np.ndarray]:
+        df = pd.read_csv(ensure(file, self.data_dir), keep_default_na=False)
+        return df["text"].tolist(), df["label"].to_numpy(dtype=np.int64)
+
+    def load(self) -> dict[str, tuple[list[str], np.ndarray]]:
+        return self.carve_validation(*self._read(self.train_file), test=self._read(self.test_file))
+
+
+@register_task
+class AGNews(TextClassificationTask):
+    """AG's News topic classification (Zhang, Zhao & LeCun 2015): World, Sports, Business,
+    Sci/Tech; the standard train/test files, validation carved from train."""
+
+    name = "agnews"
+    description = "AG News topics (4 classes): 120k train / 7.6k test news titles and descriptions"
+    n_classes = 4
+    train_file = DataFile(
+        "ag_news/train.csv",
+        "",
+        "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/"
+        "555590db4219b1243abb1918effd6a7425a2d75f/data/ag_news_csv/train.csv",
+        dataset="AG News train",
+        md5="b1a00f826fdfbd249f79597b59e1dc12",
+    )
+    test_file = DataFile(
+        "ag_news/test.csv",
+        "521465c2428ed7f02f8d6db6ffdd4b5447c1c701962353eb2c40d548c3c85699",
+        "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/"
+        "555590db4219b1243abb1918effd6a7425a2d75f/data/ag_news_csv/test.csv",
+        dataset="AG News test",
+    )
+    _ENTITY = re.compile(r"#(\d+);")
+    _NAMED = {"quot;": '"', "amp;": "&", "lt;": "<", "gt;": ">"}
+
+    def files(self) -> list[DataFile]:
+        return [self.train_file, self.test_file]
+
+    def clean(self, text: str) -> str:
+        """The files carry '\\' for line breaks and entity leftovers such as '#39;' and 'quot;'."""
+        text = self._ENTITY.sub(lambda m: chr(int(m.group(1))), text.replace("\\", " "))
+        for entity, char in self._NAMED.items():
+            text = text.replace(entity, char)
+        return text
+
+    def _read(self, file: DataFile) -> tuple[list[str], np.ndarray]:
+        df = pd.read_csv(ensure(file, self.data_dir), header=None, names=["label", "title", "description"],
+                         keep_default_na=False)
+        return (df["title"] + ". " + df["description"]).tolist(), df["label"].to_numpy(dtype=np.int64) - 1
+
+    def load(self) -> dict[str, tuple[list[str], np.ndarray]]:
+        return self.carve_validation(*self._read(self.train_file), test=self._read(self.test_file))
