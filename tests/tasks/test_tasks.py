@@ -391,3 +391,40 @@ def test_corrupt_file_is_refused(name: str, empty_data_dir: Path) -> None:
     with pytest.raises(ChecksumError) as err:
         task.setup()
     assert any(file.path in str(err.value) for file in task.files())
+
+
+# --- character language modelling -------------------------------------------------------
+
+
+def test_timemachine_targets_are_the_next_characters(setups: dict[str, tuple[Any, Any]]) -> None:
+    task, splits = setups["timemachine"]
+    assert task.causal
+    for split in (splits.train, splits.val, splits.test):
+        batch = whole(split)
+        assert torch.equal(batch["x"][:, 1:], batch["y"][:, :-1])  # y is x shifted by one step
+        assert torch.equal(batch["x"][1:, 0], batch["y"][:-1, -1])  # subsequences follow each other
+
+
+def test_timemachine_split_is_chronological_with_vocabulary_from_training_text(data_dir: Path) -> None:
+    task = make_task("timemachine", data_dir)
+    splits = task.setup()
+    text = task.preprocess((data_dir / task.files()[0].path).read_text())
+    n_train_chars = round(len(text) * 0.8)
+    assert task.itos[2:] == sorted(set(text[:n_train_chars]))
+    decoded = "".join(task.itos[i] for i in whole(splits.train)["x"][:3].flatten().tolist())
+    assert text.startswith(decoded)  # training starts at the beginning of the book
+    sizes = splits.sizes()
+    assert sizes["train"] > 7 * sizes["val"] and sizes["val"] == pytest.approx(sizes["test"], abs=1)
+    assert task.references()["perplexity"] == len(task.itos) - 2
+
+
+def test_causal_task_refuses_bidirectional_models(capsys: pytest.CaptureFixture[str], data_dir: Path,
+                                                  tmp_path: Path) -> None:
+    from bench.cli import main
+
+    code = main(["run", "--models", "bilstm,bigru", "--tasks", "timemachine", "--data-dir", str(data_dir),
+                 "--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bilstm is bidirectional" in err and "timemachine is causal" in err
+    assert not (tmp_path / "results").exists()
