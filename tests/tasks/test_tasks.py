@@ -428,3 +428,39 @@ def test_causal_task_refuses_bidirectional_models(capsys: pytest.CaptureFixture[
     assert code == 2
     assert "bilstm is bidirectional" in err and "timemachine is causal" in err
     assert not (tmp_path / "results").exists()
+
+
+# --- ETT (long-horizon protocol) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "horizon", "sizes"), [
+    ("etth1", 96, (8449, 2785, 2785)),
+    ("etth2", 720, (7825, 2161, 2161)),
+    ("ettm1", 96, (34369, 11425, 11425)),
+])
+def test_ett_window_counts_follow_the_standard_protocol(name: str, horizon: int, sizes: tuple[int, int, int],
+                                                       data_dir: Path) -> None:
+    splits = make_task(name, data_dir, horizon=horizon).setup()
+    assert (len(splits.train), len(splits.val), len(splits.test)) == sizes
+
+
+def test_ett_scaling_uses_training_rows_and_test_targets_cover_the_last_four_months(data_dir: Path) -> None:
+    task = make_task("etth1", data_dir)
+    splits = task.setup()
+    frame = pd.read_csv(data_dir / "ett" / "ETTh1.csv")
+    values = frame.drop(columns="date").to_numpy(dtype=np.float64)
+    np.testing.assert_allclose(task.mean, values[:8640].mean(0), rtol=1e-12)
+    np.testing.assert_allclose(task.std, values[:8640].std(0), rtol=1e-12)
+    first, last = splits.test.__getitems__([0]), splits.test.__getitems__([len(splits.test) - 1])
+    scaled = (values - task.mean) / task.std
+    np.testing.assert_allclose(first["x"][0].numpy(), scaled[11520 - 96:11520], atol=1e-5)  # inputs reach back L rows
+    np.testing.assert_allclose(first["y"][0].numpy(), scaled[11520:11520 + 96], atol=1e-5)
+    np.testing.assert_allclose(last["y"][0].numpy(), scaled[14400 - 96:14400], atol=1e-5)
+
+
+def test_ett_univariate_variant_reads_and_predicts_ot_only(data_dir: Path) -> None:
+    task = make_task("etth1", data_dir, features="S", horizon=192)
+    splits = task.setup()
+    batch = splits.test.__getitems__([0, 1])
+    assert batch["x"].shape == (2, 96, 1) and batch["y"].shape == (2, 192, 1)
+    assert task.output.shape == (192, 1) and splits.n_features == 1
