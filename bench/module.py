@@ -51,6 +51,7 @@ class SeqModule(L.LightningModule):
         self.train_cfg = train
         self.stats: dict[str, torch.Tensor] = {}
         self.results: dict[str, dict[str, float]] = {}  # last computed metrics per stage
+        self.last_stats: dict[str, dict[str, torch.Tensor]] = {}  # their summed statistics
         self.history: list[tuple[int, dict[str, float]]] = []  # (step, metrics) per validation
         self._loss_sum, self._loss_n = 0.0, 0
 
@@ -72,7 +73,8 @@ class SeqModule(L.LightningModule):
             self.stats[k] = self.stats[k] + v.detach() if k in self.stats else v.detach()
 
     def _eval_end(self, stage: str) -> dict[str, float]:
-        metrics = self.task.finalize({k: v.cpu() for k, v in self.stats.items()})
+        self.last_stats[stage] = {k: v.cpu() for k, v in self.stats.items()}
+        metrics = self.task.finalize(self.last_stats[stage])
         self.stats = {}
         self.results[stage] = metrics
         for k, v in metrics.items():

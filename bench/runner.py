@@ -182,10 +182,11 @@ class Runner:
         t0 = time.perf_counter()
         try:
             with PeakMemory(self.device) as memory:
-                metrics, history, stop, references = self._train_and_test(config)
+                metrics, history, stop, references, figures = self._train_and_test(config)
             metrics.update(memory.metrics())
             metrics["time/total_s"] = time.perf_counter() - t0
             result.metrics, result.references = metrics, references
+            self._log_figures(result.run_id, figures)
             self.tracker.log_history(result.run_id, history)
             self.tracker.log_metrics(result.run_id, metrics)
             self.tracker.set_tags(result.run_id, {"stop_reason": stop,
@@ -206,7 +207,14 @@ class Runner:
         result.wall_s = time.perf_counter() - t0
         return result
 
-    def _train_and_test(self, config: RunConfig) -> tuple[dict[str, float], list, str, dict[str, float]]:
+    def _log_figures(self, run_id: str, figures: dict[str, Any]) -> None:
+        import matplotlib.pyplot as plt
+
+        for name, figure in figures.items():
+            self.tracker.log_figure(run_id, figure, name)
+            plt.close(figure)
+
+    def _train_and_test(self, config: RunConfig) -> tuple[dict[str, float], list, str, dict[str, float], dict]:
         budget, train = config.budget, config.train
         L.seed_everything(config.seed, workers=True, verbose=False)
         task, splits = self.data(config)
@@ -294,7 +302,14 @@ class Runner:
             "train/best_step": _best_step(module.history, monitor, mode),
             "time/train_s": train_s,
         })
-        return metrics, module.history, stop, task.references()
+        module.eval()
+
+        def predict(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            with torch.no_grad():
+                return module(batch["x"].to(self.device), batch["mask"].to(self.device)).cpu()
+
+        figures = task.figures(predict, splits, module.last_stats["test"])
+        return metrics, module.history, stop, task.references(), figures
 
 
 def _best_step(history: list[tuple[int, dict[str, float]]], key: str, mode: str) -> float:

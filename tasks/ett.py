@@ -13,7 +13,7 @@ Informer (Zhou et al. 2021) and the papers that followed it, exactly:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from tasks.data import DataFile, ensure
+from tasks.plots import forecast_figure
 from tasks.registry import Batch, OutputSpec, Splits, Task, register_task
 
 COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
@@ -112,6 +113,13 @@ class ETTTask(Task):
 
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.mse_loss(pred, batch["y"])
+
+    def figures(self, predict: Any, splits: Splits, test_stats: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Oil temperature (OT, the last column), forecast vs actual over the test months."""
+        unscale = lambda values, channel: values * self.std[channel] + self.mean[channel]
+        title = f"{self.name}: OT, test forecasts (look-back {self.params.lookback})"
+        return {"forecast_test.png": forecast_figure(predict, splits.test, self.params.horizon, unscale,
+                                                     self.n_channels - 1, title, "OT (°C)")}
 
     def batch_stats(self, pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         err = (pred - batch["y"]).double()

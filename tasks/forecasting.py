@@ -9,7 +9,7 @@ rows, Hyndman & Koehler 2006).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.data import DataFile, ensure
+from tasks.plots import forecast_figure
 from tasks.registry import Batch, OutputSpec, Splits, Task, TensorSplit, register_task
 
 
@@ -112,6 +113,12 @@ class SeriesTask(Task):
             "rmse": (float(s["sq_err"]) / n) ** 0.5,
             "mape": 100.0 * float(s["abs_pct_err"]) / n,
         }
+
+    def figures(self, predict: Any, splits: Splits, test_stats: dict[str, torch.Tensor]) -> dict[str, Any]:
+        unscale = lambda values, channel: values * self.std + self.mean
+        title = f"{self.name}: test forecasts"
+        return {"forecast_test.png": forecast_figure(predict, splits.test, self.params.horizon, unscale, 0, title,
+                                                     self.value_column)}
 
     def references(self) -> dict[str, float]:
         """The seasonal-naive forecast (the value one season earlier) scored on the test split."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -158,6 +159,12 @@ class Task(ABC):
 
     def references(self) -> dict[str, float]:
         """Reference values of metrics (baselines) to print beside the results."""
+        return {}
+
+    def figures(self, predict: Callable[[Batch], torch.Tensor], splits: Splits,
+                test_stats: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Figures worth looking at, by artifact file name, from the evaluated model:
+        ``predict(batch)`` gives its output for a batch of any split."""
         return {}
 
     def tokens(self, batch: Batch) -> int:

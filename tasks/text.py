@@ -11,7 +11,7 @@ import html
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.data import DataFile, ensure
+from tasks.plots import confusion_figure
 from tasks.registry import Batch, OutputSpec, PaddedSplit, Splits, Task, register_task
 
 PAD, UNK = 0, 1
@@ -91,6 +92,7 @@ class TweetsParams(TextParams):
 
 class TextClassificationTask(Task):
     n_classes: ClassVar[int]
+    class_names: ClassVar[list[str]]
     Params = TextParams
     primary_metric = "accuracy"
     higher_is_better = True
@@ -145,6 +147,10 @@ class TextClassificationTask(Task):
         f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
         return {"accuracy": float(tp.sum() / cm.sum()), "macro_f1": float(f1.mean())}
 
+    def figures(self, predict: Any, splits: Splits, test_stats: dict[str, torch.Tensor]) -> dict[str, Any]:
+        cm = test_stats["confusion"].numpy()
+        return {"confusion_test.png": confusion_figure(cm, self.class_names, f"{self.name}: test confusion matrix")}
+
     def references(self) -> dict[str, float]:
         """Always predicting the training split's majority class, scored on test."""
         if not hasattr(self, "majority"):
@@ -165,6 +171,7 @@ class Tweets(TextClassificationTask):
     description = "Disaster tweets (7,613): real disaster or not; fixed stratified 80/10/10 split"
     Params = TweetsParams
     n_classes = 2
+    class_names = ["not a disaster", "disaster"]
     file = DataFile(
         "disaster_tweets/train.csv",
         "61111c6dc31eaffa34d1e1fa62e2395325c9bc3b38bba1941a5f1ed9b3fa60df",
@@ -192,6 +199,7 @@ class SST2(TextClassificationTask):
     name = "sst2"
     description = "SST-2 sentiment (GLUE): 67k training phrases; the 872-sentence dev set is the test set"
     n_classes = 2
+    class_names = ["negative", "positive"]
     train_file = DataFile(
         "sst2/train.tsv",
         "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1",
@@ -232,6 +240,7 @@ class IMDB(TextClassificationTask):
     description = "IMDB reviews: 25k train / 25k test, positive or negative; truncated to max_len tokens"
     Params = IMDBParams
     n_classes = 2
+    class_names = ["negative", "positive"]
     train_file = DataFile(
         "imdb/train.csv",
         "c324c54e17ffceb54230d53ed26c7c43530fc5fe7374990773ce9871c2bf27ed",
@@ -272,6 +281,7 @@ class AGNews(TextClassificationTask):
     name = "agnews"
     description = "AG News topics (4 classes): 120k train / 7.6k test news titles and descriptions"
     n_classes = 4
+    class_names = ["World", "Sports", "Business", "Sci/Tech"]
     train_file = DataFile(
         "ag_news/train.csv",
         "",

@@ -372,3 +372,19 @@ def test_runner_cache_of_task_data(runner: Runner, make_config: Any) -> None:
     c = runner.data(make_config("lstm", "copy", COPY_PARAMS, seed=1))
     assert a is b and a is not c
     assert dataclasses.asdict(a[0].params) == {**dataclasses.asdict(Copy.Params()), **COPY_PARAMS}
+
+
+@pytest.mark.slow
+def test_forecast_and_confusion_figures_are_run_artifacts(results_dir: Path, data_dir: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--models", "gru", "--tasks", "airline,etth1:S-h96,tweets", "--profile", "tiny",
+                 "--set", "model.hidden_size=16", "--data-dir", str(data_dir), "--results", str(results_dir)])
+    assert code == 0, capsys.readouterr().err
+    tracker = Tracker(default_tracking_uri(results_dir), results_dir)
+    expected = {"airline": "forecast_test.png", "etth1": "forecast_test.png", "tweets": "confusion_test.png"}
+    for task, artifact in expected.items():
+        (run,) = tracker.client.search_runs([tracker.experiment_id(task)])
+        names = [a.path for a in tracker.client.list_artifacts(run.info.run_id)]
+        assert names == [artifact]
+        local = Path(tracker.client.download_artifacts(run.info.run_id, artifact, str(results_dir / task)))
+        assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and local.stat().st_size > 10_000
