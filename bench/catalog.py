@@ -62,11 +62,17 @@ def build_catalog() -> dict[str, Any]:
     catalog: dict[str, Any] = {"models": {}, "tasks": {}}
     for name in models.MODELS:
         spec = models.get_model(name)
-        backbone = spec.build(models.InputSpec(n_features=1), spec.make_hparams(), False)
+        params = None  # a predictor's size depends on the task
+        if not spec.predictor:
+            params = sum(p.numel() for p in spec.build(models.InputSpec(n_features=1), spec.make_hparams(), False)
+                         .parameters())
         catalog["models"][name] = {
             "description": spec.description,
             "bidirectional": spec.bidirectional,
-            "params_1_feature": sum(p.numel() for p in backbone.parameters()),
+            "outputs": sorted(spec.outputs),
+            "inputs": sorted(spec.inputs),
+            "baseline": spec.predictor,
+            "params_1_feature": params,
             "hparams": {k: {**v, "default": spec.default_hparams()[k]} for k, v in fields_of(spec.hparams).items()},
             "train_defaults": spec.train_defaults,
         }
@@ -77,6 +83,7 @@ def build_catalog() -> dict[str, Any]:
             "description": cls.description,
             "version": cls.version,
             "causal": cls.causal,
+            "input": cls.input_kind,
             "primary_metric": cls.primary_metric,
             "higher_is_better": cls.higher_is_better,
             "output": task.output.kind,
@@ -202,11 +209,26 @@ def parse_request(
     request = Request(model_names, task_refs, parse_seeds(seeds), profile, model_overrides, train, budget)
     for t in task_refs:
         for m in model_names:
-            if catalog["tasks"][t.name]["causal"] and catalog["models"][m]["bidirectional"]:
-                request.refused.append(
-                    (m, t.label, f"{m} is bidirectional (reads later steps) and {t.name} is causal")
-                )
+            reason = refusal(m, catalog["models"][m], catalog["tasks"][t.name])
+            if reason:
+                request.refused.append((m, t.label, reason))
     return request
+
+
+OUTPUT_WORDS = {"class_per_sequence": "a class per sequence", "class_per_step": "a class per step",
+                "values": "real values", "forecast": "forecasts"}
+
+
+def refusal(name: str, model: dict[str, Any], task: dict[str, Any]) -> str:
+    """Why this model cannot serve this task ('' when it can). The reason speaks of the
+    model, so one line can name every task that refuses it for that reason."""
+    if task["causal"] and model["bidirectional"]:
+        return f"{name} is bidirectional (reads later steps), and causal tasks refuse it"
+    if task["output"] not in model["outputs"]:
+        return f"{name} gives {' or '.join(OUTPUT_WORDS[o] for o in model['outputs'])} only"
+    if task["input"] not in model["inputs"]:
+        return f"{name} reads {' or '.join(model['inputs'])} only"
+    return ""
 
 
 def resolve(request: Request) -> list[RunConfig]:

@@ -42,10 +42,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     if not args.tasks_only:
         table = Table(title="Models", title_justify="left")
-        for col in ("name", "params (1 input feature)", "reads future", "description"):
+        for col in ("name", "params (1 input feature)", "reads future", "serves", "description"):
             table.add_column(col, justify="right" if col.startswith("params") else "left")
         for name, m in catalog["models"].items():
-            table.add_row(name, f"{m['params_1_feature']:,}", "yes" if m["bidirectional"] else "no", m["description"])
+            params = f"{m['params_1_feature']:,}" if m["params_1_feature"] is not None else "per task"
+            serves = "any task" if len(m["outputs"]) == 4 else ", ".join(o.replace("_", " ") for o in m["outputs"])
+            table.add_row(name, params, "yes" if m["bidirectional"] else "no", serves, m["description"])
         console.print(table)
     if not args.models_only:
         table = Table(title=f"Tasks (data directory: {data_dir})", title_justify="left")
@@ -91,8 +93,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     catalog = load_catalog()
     request = parse_request(args.models, args.tasks, args.seeds, args.profile, args.set or [], catalog)
+    refused: dict[tuple[str, str], list[str]] = {}
     for model, task, reason in request.refused:
-        err_console.print(f"[yellow]refused[/] {escape(model)} × {escape(task)}: {escape(reason)}")
+        refused.setdefault((model, reason), []).append(task)
+    for (model, reason), task_labels in refused.items():
+        err_console.print(f"[yellow]refused[/] {escape(model)} × {escape(', '.join(task_labels))}: {escape(reason)}")
     data_dir = resolve_data_dir(args.data_dir)
     for problem in check_data(request, catalog, data_dir):
         err_console.print(f"[yellow]skipped[/] {escape(problem)}")

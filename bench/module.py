@@ -43,10 +43,11 @@ class Head(nn.Module):
 
 
 class SeqModule(L.LightningModule):
-    def __init__(self, backbone: nn.Module, task: Task, train: dict[str, Any]) -> None:
+    def __init__(self, backbone: nn.Module, task: Task, train: dict[str, Any], predictor: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = Head(task.output, backbone.step_dim, backbone.summary_dim)
+        # A predictor (a baseline) gives the task's output itself; a backbone needs a head.
+        self.head = None if predictor else Head(task.output, backbone.step_dim, backbone.summary_dim)
         self.task = task
         self.train_cfg = train
         self.stats: dict[str, torch.Tensor] = {}
@@ -56,6 +57,8 @@ class SeqModule(L.LightningModule):
         self._loss_sum, self._loss_n = 0.0, 0
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            return self.backbone(x, mask)
         steps, summary = self.backbone(x, mask)
         return self.head(steps, summary)
 

@@ -219,12 +219,14 @@ class Runner:
         L.seed_everything(config.seed, workers=True, verbose=False)
         task, splits = self.data(config)
         spec = models.get_model(config.model)
-        backbone = spec.build(
-            models.InputSpec(vocab_size=splits.vocab_size, n_features=splits.n_features),
+        net = spec.instantiate(
+            models.InputSpec(vocab_size=splits.vocab_size, n_features=splits.n_features, season=splits.season,
+                             seq_len=splits.seq_len),
             spec.make_hparams(**config.model_params),
             task.causal,
+            models.OutputShape(task.output.kind, task.output.n_classes, task.output.shape),
         )
-        module = SeqModule(backbone, task, train)
+        module = SeqModule(net, task, train, predictor=spec.predictor)
 
         def loader(split: Any, shuffle: bool, batch_size: int) -> DataLoader:
             generator = torch.Generator().manual_seed(config.seed) if shuffle else None
@@ -265,8 +267,12 @@ class Runner:
                 default_root_dir=ckpt_dir,
             )
             t_fit = time.perf_counter()
+            if hasattr(net, "fit_data"):  # count-based baselines
+                net.fit_data(train_loader)
+            trainable = any(p.requires_grad for p in module.parameters())
             try:
-                trainer.fit(module, train_loader, val_loader)
+                if trainable:
+                    trainer.fit(module, train_loader, val_loader)
             except SystemExit:
                 # Lightning turns Ctrl+C into sys.exit(1) and ignores SIGINT from then on:
                 # give the user their Ctrl+C back and let the sweep see an interruption.
@@ -283,7 +289,9 @@ class Runner:
             trainer.validate(module, val_loader, ckpt_path=ckpt, verbose=False)
             trainer.test(module, test_loader, ckpt_path=ckpt, verbose=False)
 
-        if early.stopped_epoch > 0 or early.wait_count >= early.patience:
+        if not trainable:
+            stop = "nothing to train"
+        elif early.stopped_epoch > 0 or early.wait_count >= early.patience:
             stop = "early stopping"
         elif trainer.global_step >= budget["max_steps"]:
             stop = "max_steps"

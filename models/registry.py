@@ -33,13 +33,31 @@ class InputSpec:
 
     vocab_size: int | None = None
     n_features: int | None = None
+    season: int | None = None  # the data's seasonal period in steps, if it has one
+    seq_len: int | None = None  # the length of every sequence, where it is fixed (forecast windows)
+
+    @property
+    def kind(self) -> str:
+        return "tokens" if self.vocab_size is not None else "features"
 
     def __post_init__(self) -> None:
         if (self.vocab_size is None) == (self.n_features is None):
             raise ValueError("InputSpec needs exactly one of vocab_size and n_features")
 
 
+@dataclass(frozen=True)
+class OutputShape:
+    """What a predictor (a model without a head, such as a baseline) must produce:
+    (B, C) class scores, (B, T, C) per-step class scores, or (B, *shape) values."""
+
+    kind: str  # "class_per_sequence" | "class_per_step" | "values" | "forecast"
+    n_classes: int = 0
+    shape: tuple[int, ...] = ()
+
+
 SearchSpace = Callable[[Any], dict[str, Any]]  # optuna.Trial -> {"model.x": v, "train.y": v}
+ALL_OUTPUTS = frozenset({"class_per_sequence", "class_per_step", "values", "forecast"})
+ALL_INPUTS = frozenset({"tokens", "features"})
 
 
 @dataclass(frozen=True)
@@ -47,11 +65,15 @@ class ModelSpec:
     """Everything the harness needs to know about a model before building it."""
 
     hparams: type  # a dataclass of the family's hyper-parameters
-    build: Callable[[InputSpec, Any, bool], Any]  # (input, hparams, causal) -> backbone nn.Module
+    # (input, hparams, causal) -> backbone nn.Module; a predictor also gets its OutputShape
+    build: Callable[..., Any]
     preset: dict[str, Any] = field(default_factory=dict)  # values this preset changes
     bidirectional: bool = False  # reads the future: refused by causal tasks
     train_defaults: dict[str, Any] = field(default_factory=dict)  # e.g. a family's learning rate
     search_space: SearchSpace | None = None
+    outputs: frozenset[str] = ALL_OUTPUTS  # task output kinds it can serve
+    inputs: frozenset[str] = ALL_INPUTS  # "tokens" and/or "features"
+    predictor: bool = False  # gives the task's output itself (no head); may define fit_data(loader)
     name: str = ""
     description: str = ""
 
@@ -61,6 +83,9 @@ class ModelSpec:
 
     def default_hparams(self) -> dict[str, Any]:
         return dataclasses.asdict(self.make_hparams())
+
+    def instantiate(self, inp: InputSpec, hp: Any, causal: bool, out: OutputShape) -> Any:
+        return self.build(inp, hp, causal, out) if self.predictor else self.build(inp, hp, causal)
 
 
 MODELS: Registry[ModelSpec] = Registry("model", package="models")

@@ -88,7 +88,7 @@ class ETTTask(Task):
 
     @property
     def output(self) -> OutputSpec:
-        return OutputSpec("values", shape=(self.params.horizon, self.n_channels))
+        return OutputSpec("forecast", shape=(self.params.horizon, self.n_channels))
 
     def borders(self) -> dict[str, tuple[int, int]]:
         """Rows whose values are targets of each split (inputs reach L rows further back)."""
@@ -109,7 +109,8 @@ class ETTTask(Task):
             if len(origins) == 0:
                 raise ValueError(f"{self.name}: no window fits {name} with lookback={p.lookback}, horizon={p.horizon}")
             splits[name] = WindowSplit(series, origins, p.lookback, p.horizon)
-        return Splits(**splits, n_features=self.n_channels)
+        daily = 24 * self.rows_per_hour  # the season of the seasonal-naive baseline
+        return Splits(**splits, n_features=self.n_channels, season=daily, seq_len=p.lookback)
 
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.mse_loss(pred, batch["y"])

@@ -49,7 +49,7 @@ class SeriesTask(Task):
 
     @property
     def output(self) -> OutputSpec:
-        return OutputSpec("values", shape=(self.params.horizon, 1))
+        return OutputSpec("forecast", shape=(self.params.horizon, 1))
 
     def load_series(self) -> np.ndarray:
         path = ensure(self.file, self.data_dir)
@@ -88,7 +88,7 @@ class SeriesTask(Task):
                 x=torch.tensor(x, dtype=torch.float32).unsqueeze(-1),  # (N, L, 1)
                 y=torch.tensor(y, dtype=torch.float32).unsqueeze(-1),  # (N, H, 1)
             )
-        return Splits(**splits, n_features=1)
+        return Splits(**splits, n_features=1, season=self.season, seq_len=self.params.lookback)
 
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.mse_loss(pred, batch["y"])  # on the scaled values

@@ -47,6 +47,7 @@ class TimeMachine(Task):
     primary_metric = "perplexity"
     higher_is_better = False
     causal = True
+    input_kind = "tokens"
     file = DataFile(
         "timemachine/timemachine.txt",
         "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516",

@@ -31,11 +31,13 @@ Batch = dict[str, torch.Tensor]  # always has "x" (B, T[, F]), "mask" (B, T) boo
 
 @dataclass(frozen=True)
 class OutputSpec:
-    kind: str  # "class_per_sequence" | "class_per_step" | "values"
+    kind: str  # one of KINDS
     n_classes: int = 0  # for the two classification kinds
-    shape: tuple[int, ...] = ()  # for "values", per sequence, e.g. (horizon, n_targets)
+    shape: tuple[int, ...] = ()  # for "values" and "forecast", per sequence, e.g. (horizon, channels)
 
-    KINDS: ClassVar[tuple[str, ...]] = ("class_per_sequence", "class_per_step", "values")
+    # "forecast": the next shape[0] steps of the input's shape[1] channels (so a baseline
+    # such as last-value can predict them); "values": any other real-valued output.
+    KINDS: ClassVar[tuple[str, ...]] = ("class_per_sequence", "class_per_step", "values", "forecast")
 
     def __post_init__(self) -> None:
         if self.kind not in self.KINDS:
@@ -105,6 +107,8 @@ class Splits:
     test: Dataset
     vocab_size: int | None = None  # token-id input ...
     n_features: int | None = None  # ... or real-valued features
+    season: int | None = None  # seasonal period in steps, where the data has one
+    seq_len: int | None = None  # the length of every input sequence, where it is fixed
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -119,6 +123,7 @@ class Task(ABC):
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool]
     causal: ClassVar[bool] = False
+    input_kind: ClassVar[str] = "features"  # "tokens" (ids from a vocabulary) or "features" (real values)
     seeded_data: ClassVar[bool] = False  # True when the training data is drawn from the run's seed
 
     def __init__(self, params: Any, data_dir: Path | None = None, seed: int = 0) -> None:

@@ -54,6 +54,7 @@ class Copy(Task):
     primary_metric = "ce"
     higher_is_better = False
     seeded_data = True
+    input_kind = "tokens"
 
     @property
     def output(self) -> OutputSpec:

@@ -91,6 +91,7 @@ class TweetsParams(TextParams):
 
 
 class TextClassificationTask(Task):
+    input_kind = "tokens"
     n_classes: ClassVar[int]
     class_names: ClassVar[list[str]]
     Params = TextParams

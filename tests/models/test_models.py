@@ -11,7 +11,8 @@ import torch
 
 from models import MODELS, InputSpec, get_model
 
-MODEL_NAMES = list(MODELS)
+# Backbones: every model with a head of the harness's (baselines are tested in test_baselines.py).
+MODEL_NAMES = [n for n in MODELS if not get_model(n).predictor]
 KINDS = ["tokens", "features"]
 VOCAB, FEATURES = 13, 3
 

@@ -51,7 +51,7 @@ def random_prediction(task: Any, batch: dict[str, torch.Tensor], seed: int = 0) 
     out = task.output
     B, T = batch["mask"].shape
     shape = {"class_per_step": (B, T, out.n_classes), "class_per_sequence": (B, out.n_classes),
-             "values": (B, *out.shape)}[out.kind]
+             "values": (B, *out.shape), "forecast": (B, *out.shape)}[out.kind]
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -426,7 +426,7 @@ def test_causal_task_refuses_bidirectional_models(capsys: pytest.CaptureFixture[
                  "--results", str(tmp_path / "results")])
     err = capsys.readouterr().err
     assert code == 2
-    assert "bilstm is bidirectional" in err and "timemachine is causal" in err
+    assert "bilstm is bidirectional" in err and "causal tasks refuse it" in err and "timemachine" in err
     assert not (tmp_path / "results").exists()
 
 
