@@ -68,6 +68,66 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def download_progress() -> Any:
+    """A rich progress bar for downloads, and the callback that drives it."""
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    bar = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=err_console,
+                   transient=True)
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int | None) -> None:
+        if "task" not in state:
+            state["task"] = bar.add_task("downloading", total=total)
+        bar.update(state["task"], completed=done)
+
+    return bar, update
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """List the dataset files with their status; verify checksums or fetch what is missing."""
+    from rich.table import Table
+
+    from bench.catalog import load_catalog
+    from bench.registry import select_names
+    from tasks.data import DataFile, MissingDataError, ensure, resolve_data_dir, status
+
+    catalog = load_catalog()
+    data_dir = resolve_data_dir(args.data_dir)
+    names = select_names("task", args.tasks, catalog["tasks"])
+    files: dict[str, tuple[DataFile, list[str]]] = {}
+    for name in names:
+        for f in catalog["tasks"][name]["files"]:
+            files.setdefault(f["path"], (DataFile(**f), []))[1].append(name)
+    table = Table(title=f"Datasets in {data_dir}", title_justify="left")
+    for col in ("file", "tasks", "status", "size MB", "source"):
+        table.add_column(col, justify="right" if col == "size MB" else "left")
+    problems = 0
+    for path, (file, users) in files.items():
+        state = "present" if (data_dir / path).is_file() else "missing"
+        if args.fetch and state == "missing":
+            bar, update = download_progress()
+            try:
+                with bar:
+                    bar.console.print(f"fetching {path} from {file.url}", highlight=False)
+                    ensure(file, data_dir, allow_download=True, progress=update)
+            except MissingDataError as e:
+                err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        if args.verify or args.fetch:
+            state = status(file, data_dir)
+        elif (data_dir / path).is_file():
+            state = "present"
+        problems += state in ("missing", "corrupt")
+        size = f"{(data_dir / path).stat().st_size / 1e6:.1f}" if (data_dir / path).is_file() else "–"
+        colour = {"verified": "green", "present": "green", "corrupt": "red", "missing": "yellow"}[state]
+        table.add_row(path, ", ".join(users), f"[{colour}]{state}[/]", size, file.url)
+    console.print(table)
+    if not (args.verify or args.fetch):
+        console.print("Checksums are verified on first use; --verify checks them now, "
+                      "--fetch downloads what is missing.")
+    return 1 if problems and (args.verify or args.fetch) else 0
+
+
 def check_data(request: Any, catalog: dict[str, Any], data_dir: Path) -> list[str]:
     """Make sure each requested task's files are present and intact, downloading what is
     missing when possible. A task whose data cannot be had is dropped from the sweep,
@@ -155,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks-only", action="store_true", help="only the tasks")
     p.add_argument("--data-dir", help=data_help)
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("data", help=cmd_data.__doc__, description=cmd_data.__doc__)
+    p.add_argument("--tasks", default="all", help="only these tasks' files (default: all)")
+    p.add_argument("--verify", action="store_true", help="check every present file's checksum")
+    p.add_argument("--fetch", action="store_true", help="download missing files from their sources, then verify")
+    p.add_argument("--data-dir", help=data_help)
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("run", help=cmd_run.__doc__, description=cmd_run.__doc__)
     p.add_argument("--models", required=True, help="comma-separated names, wildcards or 'all' (see bench list)")

@@ -9,10 +9,11 @@ access), one clear error names the file, the source and where to put it by hand.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
-import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,13 +88,30 @@ def status(file: DataFile, data_dir: Path) -> str:
     return "verified"
 
 
-def download(file: DataFile, target: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
-    """Fetch ``file.url`` to ``target``, verifying the checksum before moving it into place."""
+Progress = Callable[[int, int | None], None]  # (bytes so far, total bytes if known)
+DOWNLOAD_ERRORS = (urllib.error.URLError, OSError, http.client.HTTPException)
+
+
+def download(
+    file: DataFile, target: Path, timeout: float = DOWNLOAD_TIMEOUT_S, progress: Progress | None = None
+) -> None:
+    """Fetch ``file.url`` to ``target``, verifying the checksum before moving it into place.
+
+    The bytes go to ``target.part`` first, so an interrupted or truncated transfer never
+    leaves a file that looks complete; a transfer shorter than its Content-Length raises."""
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     try:
         with urllib.request.urlopen(file.url, timeout=timeout) as response, open(part, "wb") as out:
-            shutil.copyfileobj(response, out, length=1 << 20)
+            total = response.length  # None when the server does not say
+            done = 0
+            while chunk := response.read(1 << 16):
+                out.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+            if total is not None and response.length:  # http.client counts down what is still owed
+                raise http.client.IncompleteRead(b"", response.length)
         algorithm, expected = file.checksum
         got = digest_of(part, algorithm)
         if got != expected:
@@ -103,7 +121,9 @@ def download(file: DataFile, target: Path, timeout: float = DOWNLOAD_TIMEOUT_S) 
         part.unlink(missing_ok=True)
 
 
-def ensure(file: DataFile, data_dir: Path, allow_download: bool | None = None) -> Path:
+def ensure(
+    file: DataFile, data_dir: Path, allow_download: bool | None = None, progress: Progress | None = None
+) -> Path:
     """The verified path of ``file``, downloading it first if it is missing."""
     path = data_dir / file.path
     if not path.is_file():
@@ -112,9 +132,13 @@ def ensure(file: DataFile, data_dir: Path, allow_download: bool | None = None) -
         reason = "downloads are off (SEQBENCH_OFFLINE)" if not file.how else "it cannot be downloaded as is"
         if allow_download and not file.how:
             try:
-                download(file, path)
-            except (urllib.error.URLError, OSError, ChecksumError) as e:
-                reason = f"download failed: {getattr(e, 'reason', None) or e}"
+                download(file, path, progress=progress)
+            except (*DOWNLOAD_ERRORS, ChecksumError) as e:
+                if isinstance(e, urllib.error.HTTPError):
+                    cause: object = f"HTTP {e.code} {e.reason}"
+                else:
+                    cause = getattr(e, "reason", None) or e
+                reason = f"download failed: {str(cause) or repr(cause)}"
         if not path.is_file():
             name = f"{file.dataset} file" if file.dataset else "Dataset file"
             get = f"Make it from {file.url}: {file.how}," if file.how else f"Get it from {file.url} and"
