@@ -464,3 +464,41 @@ def test_ett_univariate_variant_reads_and_predicts_ot_only(data_dir: Path) -> No
     batch = splits.test.__getitems__([0, 1])
     assert batch["x"].shape == (2, 96, 1) and batch["y"].shape == (2, 192, 1)
     assert task.output.shape == (192, 1) and splits.n_features == 1
+
+
+# --- SST-2, IMDB, AG News ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "train_rows", "test_rows"), [("sst2", 67349, 872), ("imdb", 25000, 25000)])
+def test_validation_is_carved_from_train_and_test_is_the_official_test_set(
+    name: str, train_rows: int, test_rows: int, setups: dict[str, tuple[Any, Any]]
+) -> None:
+    task, splits = setups[name]
+    raw = task.load()
+    assert len(raw["train"][0]) + len(raw["val"][0]) == train_rows
+    assert len(splits.test) == len(raw["test"][0]) == test_rows
+    assert len(splits.val) == pytest.approx(0.1 * train_rows, abs=2)
+    # every test sample is kept, in file order, with its label
+    assert torch.equal(whole(splits.test)["y"], torch.tensor(raw["test"][1]))
+
+
+def test_carved_validation_is_disjoint_from_train_and_vocabulary_ignores_it(
+    setups: dict[str, tuple[Any, Any]]
+) -> None:
+    task, _ = setups["sst2"]
+    raw = task.load()
+    train, val = raw["train"][0], raw["val"][0]
+    idx = stratified_split(np.concatenate([raw["train"][1], raw["val"][1]]), (0.1, 0.0), 0)
+    assert not set(idx["train"]) & set(idx["val"]) and len(idx["test"]) == 0
+    train_words = {w for t in train for w in tokenize(task.clean(t))}
+    only_elsewhere = {w for t in val + raw["test"][0] for w in tokenize(task.clean(t))} - train_words
+    assert only_elsewhere, "validation or test has words the training split lacks"
+    assert not only_elsewhere & set(task.vocab.ids)  # those words are UNK, never in the vocabulary
+
+
+def test_imdb_line_breaks_and_agnews_escapes_are_cleaned() -> None:
+    imdb = get_task("imdb")(get_task("imdb").make_params())
+    agnews = get_task("agnews")(get_task("agnews").make_params())
+    assert "<br" not in imdb.clean("Great film.<br /><br />Loved it<br/>")
+    raw = "Reuters - Short-sellers\\team, it#39;s quot;badquot; #36;5"
+    assert agnews.clean(raw) == "Reuters - Short-sellers team, it's \"bad\" $5"
