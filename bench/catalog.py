@@ -124,10 +124,13 @@ class Request:
     train_overrides: dict[str, Any] = field(default_factory=dict)
     budget_overrides: dict[str, Any] = field(default_factory=dict)
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # (model, task label, reason)
+    baselines: dict[str, list[str]] = field(default_factory=dict)  # task label -> baselines added to it
 
     def pairs(self) -> list[tuple[str, TaskRef]]:
+        """Each task's requested models, then the baselines added to it."""
         refused = {(m, t) for m, t, _ in self.refused}
-        return [(m, t) for t in self.tasks for m in self.models if (m, t.label) not in refused]
+        return [(m, t) for t in self.tasks
+                for m in [*self.models, *self.baselines.get(t.label, [])] if (m, t.label) not in refused]
 
 
 def parse_tasks(spec: str, catalog: dict[str, Any]) -> list[TaskRef]:
@@ -182,8 +185,11 @@ def parse_seeds(spec: str) -> list[int]:
 
 
 def parse_request(
-    models: str, tasks: str, seeds: str, profile: str, settings: list[str], catalog: dict[str, Any]
+    models: str, tasks: str, seeds: str, profile: str, settings: list[str], catalog: dict[str, Any],
+    baselines: bool = False,
 ) -> Request:
+    """The sweep asked for. With ``baselines``, every baseline that serves a task is added to
+    it (they take seconds), so each leaderboard shows what the sequence models add."""
     model_names = select_names("model", models, catalog["models"])
     task_refs = parse_tasks(tasks, catalog)
     if profile not in PROFILES:
@@ -212,6 +218,11 @@ def parse_request(
             reason = refusal(m, catalog["models"][m], catalog["tasks"][t.name])
             if reason:
                 request.refused.append((m, t.label, reason))
+        if baselines:
+            request.baselines[t.label] = [
+                m for m, info in catalog["models"].items()
+                if info["baseline"] and m not in model_names and not refusal(m, info, catalog["tasks"][t.name])
+            ]
     return request
 
 
@@ -241,12 +252,13 @@ def resolve(request: Request) -> list[RunConfig]:
         spec = models.get_model(model)
         task_cls = tasks.get_task(ref.name)
         try:
-            hp = spec.make_hparams(**request.model_overrides)
+            requested = model in request.models  # --set model.* and train.* are for the models asked for
+            hp = spec.make_hparams(**(request.model_overrides if requested else {}))
         except (ValueError, TypeError) as e:
             raise BenchError(f"Invalid hyper-parameters for model {model}: {e}") from None
         try:
             params = task_cls.make_params(**{**task_cls.variants.get(ref.variant, {}), **ref.params})
-            train = TrainConfig(**{**spec.train_defaults, **request.train_overrides})
+            train = TrainConfig(**{**spec.train_defaults, **(request.train_overrides if requested else {})})
             budget = dataclasses.replace(PROFILES[request.profile], **request.budget_overrides)
         except (ValueError, TypeError) as e:
             raise BenchError(f"Invalid settings for {model} × {ref.label}: {e}") from None

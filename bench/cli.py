@@ -152,7 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tasks.data import resolve_data_dir
 
     catalog = load_catalog()
-    request = parse_request(args.models, args.tasks, args.seeds, args.profile, args.set or [], catalog)
+    request = parse_request(args.models, args.tasks, args.seeds, args.profile, args.set or [], catalog,
+                            baselines=not args.no_baselines)
     refused: dict[tuple[str, str], list[str]] = {}
     for model, task, reason in request.refused:
         refused.setdefault((model, reason), []).append(task)
@@ -240,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Lightning accelerator (default: auto, a GPU when there is one)")
     p.add_argument("--sweep", help="sweep id recorded on every run (default: a timestamp)")
     p.add_argument("--rerun", action="store_true", help="run again configurations that already finished")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="do not add the baselines that serve each task (added by default: they take seconds)")
     p.set_defaults(func=cmd_run)
     return parser
 

@@ -58,7 +58,7 @@ def assert_input_error(code: int, err: str, results: Path, *needles: str) -> str
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     extra: list[str], needles: list[str], results_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["run", *extra, "--results", str(results_dir)]
+    argv = ["run", "--no-baselines", *extra, "--results", str(results_dir)]
     if "--profile" not in extra:
         argv += ["--profile", "tiny"]
     code, out, err = run_cli(argv, capsys)
@@ -69,7 +69,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
 def test_negative_seed_is_an_input_error(results_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--seeds=-1`` cannot be used to seed a run: it must be refused up front (exit 2,
     nothing written), not recorded as a failed run of each configuration."""
-    code, out, err = run_cli(["run", "--models", "lstm", "--tasks", COPY_SMALL, "--profile", "tiny",
+    code, out, err = run_cli(["run", "--no-baselines", "--models", "lstm", "--tasks", COPY_SMALL, "--profile", "tiny",
                               "--seeds=-1", "--results", str(results_dir)], capsys)
     assert_input_error(code, err, results_dir, "seed")
 
@@ -79,7 +79,8 @@ def test_error_message_shows_the_input_verbatim(selection: str, results_dir: Pat
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """Error lines quote what the user typed; brackets in it (wildcard classes such as
     ``[a-z]``) are text, not console markup to be swallowed or to crash on."""
-    code, out, err = run_cli(["run", "--models", selection, "--tasks", "copy", "--results", str(results_dir)],
+    code, out, err = run_cli(["run", "--no-baselines",
+                              "--models", selection, "--tasks", "copy", "--results", str(results_dir)],
                              capsys)
     assert_input_error(code, err, results_dir, f"'{selection}' matches no model")
 
@@ -111,13 +112,13 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     assert "seqbench" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
-        main(["run", "--models", "lstm"])  # --tasks is required: argparse's usage error
+        main(["run", "--no-baselines", "--models", "lstm"])  # --tasks is required: argparse's usage error
     assert exit_info.value.code == 2
 
 
 def test_missing_dataset_only_is_an_input_error(empty_data_dir: Path, results_dir: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(["run", "--models", "lstm", "--tasks", "tweets", "--profile", "tiny",
+    code, out, err = run_cli(["run", "--no-baselines", "--models", "lstm", "--tasks", "tweets", "--profile", "tiny",
                               "--data-dir", str(empty_data_dir), "--results", str(results_dir)], capsys)
     assert code == 2
     assert "disaster_tweets/train.csv" in err
@@ -131,7 +132,8 @@ def test_missing_dataset_only_is_an_input_error(empty_data_dir: Path, results_di
 def test_missing_dataset_skips_that_task_and_runs_the_rest(empty_data_dir: Path, results_dir: Path,
                                                             capsys: pytest.CaptureFixture[str],
                                                             mlflow_runs: Any) -> None:
-    code, out, err = run_cli(["run", "--models", "lstm", "--tasks", f"tweets,{COPY_SMALL}", "--profile", "tiny",
+    code, out, err = run_cli(["run", "--no-baselines",
+                              "--models", "lstm", "--tasks", f"tweets,{COPY_SMALL}", "--profile", "tiny",
                               "--set", "model.hidden_size=16", "--data-dir", str(empty_data_dir),
                               "--results", str(results_dir)], capsys)
     assert code == 0, err
@@ -147,7 +149,7 @@ def test_causal_task_refusal_through_the_cli(monkeypatch: pytest.MonkeyPatch, re
     catalog = copy.deepcopy(bench.catalog.load_catalog())
     catalog["tasks"]["copy"]["causal"] = True
     monkeypatch.setattr(bench.catalog, "load_catalog", lambda use_cache=True: catalog)
-    code, out, err = run_cli(["run", "--models", "bi*", "--tasks", COPY_SMALL, "--profile", "tiny",
+    code, out, err = run_cli(["run", "--no-baselines", "--models", "bi*", "--tasks", COPY_SMALL, "--profile", "tiny",
                               "--results", str(results_dir)], capsys)
     assert code == 2
     assert "refused" in err and "bilstm" in err and "bigru" in err and "causal" in err

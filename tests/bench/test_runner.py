@@ -104,7 +104,8 @@ def run_info(tracker: Tracker, run_id: str) -> Any:
 @pytest.mark.slow
 def test_sweep_records_every_run_then_skips_them(results_dir: Path, capsys: pytest.CaptureFixture[str],
                                                  mlflow_runs: Any, data_dir: Path) -> None:
-    argv = ["run", "--models", "lstm,gru", "--tasks", f"{COPY},{ADDING}", "--seeds", "0,1", "--profile", "tiny",
+    argv = ["run", "--no-baselines",
+            "--models", "lstm,gru", "--tasks", f"{COPY},{ADDING}", "--seeds", "0,1", "--profile", "tiny",
             "--set", "model.hidden_size=16", "--results", str(results_dir), "--accelerator", "cpu"]
     assert main(argv) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
@@ -215,7 +216,8 @@ def test_cli_exit_code_1_when_a_run_fails(register: Any, monkeypatch: pytest.Mon
                                           capsys: pytest.CaptureFixture[str], mlflow_runs: Any) -> None:
     register(MODELS, "nan-model", wrapped_spec(lambda t: t * float("nan")))
     monkeypatch.setattr(bench.catalog, "load_catalog", lambda use_cache=True: catalog_with({"nan-model": "lstm"}))
-    code = main(["run", "--models", "nan-model,lstm", "--tasks", "copy:delay=5:n_train=128:n_val=32:n_test=32",
+    code = main(["run", "--no-baselines",
+                 "--models", "nan-model,lstm", "--tasks", "copy:delay=5:n_train=128:n_val=32:n_test=32",
                  "--profile", "tiny", "--set", "model.hidden_size=16", "--results", str(results_dir),
                  "--accelerator", "cpu"])
     captured = capsys.readouterr()
@@ -256,7 +258,8 @@ def test_cli_exit_code_130_on_interrupt(register: Any, monkeypatch: pytest.Monke
                         lambda use_cache=True: catalog_with({"interrupt-model": "lstm"}))
     handler = signal.getsignal(signal.SIGINT)
     try:
-        code: Any = main(["run", "--models", "lstm,interrupt-model", "--tasks", "copy:delay=5:n_train=128:n_val=32",
+        code: Any = main(["run", "--no-baselines",
+                          "--models", "lstm,interrupt-model", "--tasks", "copy:delay=5:n_train=128:n_val=32",
                           "--profile", "tiny", "--set", "model.hidden_size=16", "--results", str(results_dir),
                           "--accelerator", "cpu"])
     except SystemExit as e:
@@ -382,7 +385,8 @@ def test_runner_cache_of_task_data(runner: Runner, make_config: Any) -> None:
 @pytest.mark.slow
 def test_forecast_and_confusion_figures_are_run_artifacts(results_dir: Path, data_dir: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["run", "--models", "gru", "--tasks", "airline,etth1:S-h96,tweets", "--profile", "tiny",
+    code = main(["run", "--no-baselines",
+                 "--models", "gru", "--tasks", "airline,etth1:S-h96,tweets", "--profile", "tiny",
                  "--set", "model.hidden_size=16", "--data-dir", str(data_dir), "--results", str(results_dir)])
     assert code == 0, capsys.readouterr().err
     tracker = Tracker(default_tracking_uri(results_dir), results_dir)
@@ -393,3 +397,23 @@ def test_forecast_and_confusion_figures_are_run_artifacts(results_dir: Path, dat
         assert names == [artifact]
         local = Path(tracker.client.download_artifacts(run.info.run_id, artifact, str(results_dir / task)))
         assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and local.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_every_leaderboard_gets_the_baselines_that_serve_its_task(results_dir: Path, data_dir: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--models", "gru", "--tasks", "airline,tweets", "--profile", "tiny",
+                 "--set", "model.hidden_size=16", "--set", "train.lr=0.01",
+                 "--data-dir", str(data_dir), "--results", str(results_dir)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "refused" not in captured.err  # baselines are added only where they serve
+    tracker = Tracker(default_tracking_uri(results_dir), results_dir)
+    models_of = {task: sorted(r.data.tags["model"] for r in tracker.client.search_runs([tracker.experiment_id(task)]))
+                 for task in ("airline", "tweets")}
+    assert models_of == {"airline": ["gru", "last-value", "linear", "seasonal-naive"],
+                         "tweets": ["bow-logreg", "gru", "majority"]}
+    (linear,) = tracker.client.search_runs([tracker.experiment_id("airline")], "tags.model = 'linear'")
+    assert float(linear.data.params["train.lr"]) == 5e-3  # --set applies to the models asked for only
+    for task in ("airline", "tweets"):
+        assert "gru" in captured.out and task in captured.out

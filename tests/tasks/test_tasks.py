@@ -422,7 +422,8 @@ def test_causal_task_refuses_bidirectional_models(capsys: pytest.CaptureFixture[
                                                   tmp_path: Path) -> None:
     from bench.cli import main
 
-    code = main(["run", "--models", "bilstm,bigru", "--tasks", "timemachine", "--data-dir", str(data_dir),
+    code = main(["run", "--no-baselines",
+                 "--models", "bilstm,bigru", "--tasks", "timemachine", "--data-dir", str(data_dir),
                  "--results", str(tmp_path / "results")])
     err = capsys.readouterr().err
     assert code == 2
