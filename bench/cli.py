@@ -90,7 +90,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     from bench.catalog import load_catalog
     from bench.registry import select_names
-    from tasks.data import DataFile, MissingDataError, ensure, resolve_data_dir, status
+    from tasks.data import DataFile, ensure, resolve_data_dir, status
 
     catalog = load_catalog()
     data_dir = resolve_data_dir(args.data_dir)
@@ -111,12 +111,10 @@ def cmd_data(args: argparse.Namespace) -> int:
                 with bar:
                     bar.console.print(f"fetching {path} from {file.url}", highlight=False)
                     ensure(file, data_dir, allow_download=True, progress=update)
-            except MissingDataError as e:
+            except BenchError as e:  # the file could not be had: say why, list it as missing
                 err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         if args.verify or args.fetch:
             state = status(file, data_dir)
-        elif (data_dir / path).is_file():
-            state = "present"
         problems += state in ("missing", "corrupt")
         size = f"{(data_dir / path).stat().st_size / 1e6:.1f}" if (data_dir / path).is_file() else "–"
         colour = {"verified": "green", "present": "green", "corrupt": "red", "missing": "yellow"}[state]
@@ -191,10 +189,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for table in task_tables(outcomes):
         console.print(table)
     failed = [o for o in outcomes if o.status == "failed"]
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "cached", "failed")}
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "cached", "failed", "refused")}
     console.print(
         f"Sweep {runner.sweep_id}: {counts['finished']} finished, {counts['cached']} recorded earlier "
-        f"(skipped; --rerun to run again), {counts['failed']} failed in {elapsed:.0f} s on {runner.env_tags['device']}."
+        f"(skipped; --rerun to run again), {counts['failed']} failed, {counts['refused']} refused "
+        f"in {elapsed:.0f} s on {runner.env_tags['device']}."
     )
     console.print(f"Runs are in {uri}")
     if tracker.local:

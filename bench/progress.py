@@ -57,6 +57,8 @@ class SweepProgress:
         key = f"test/{result.primary_metric}"
         if result.status == "failed":
             line = f"[red]failed[/]   {result.config.label}: {result.reason}"
+        elif result.status == "refused":
+            line = f"[yellow]refused[/]  {result.config.label}: {result.reason}"
         else:
             score = result.metrics.get(key)
             text = f"{key} {score:.4g}" if score is not None else ""

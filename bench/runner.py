@@ -61,7 +61,7 @@ class Listener(Protocol):
 @dataclass
 class RunResult:
     config: RunConfig
-    status: str  # "finished" | "failed" | "cached" (finished earlier, not run again)
+    status: str  # "finished" | "failed" | "cached" (finished earlier, not run again) | "refused" (cannot serve)
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     run_id: str = ""
@@ -166,6 +166,10 @@ class Runner:
                 result.references = {k.split(".", 1)[1]: float(v) for k, v in done.data.tags.items()
                                      if k.startswith("reference.")}
                 return result
+        reason = self._incompatibility(config)
+        if reason:
+            result.status, result.reason = "refused", reason
+            return result
         suffix = "" if config.task.label == config.task.name else f"[{config.task.label.split(':', 1)[1]}]-"
         tags = {
             **self.env_tags,
@@ -207,6 +211,28 @@ class Runner:
         result.wall_s = time.perf_counter() - t0
         return result
 
+    def _build(self, config: RunConfig, task: Task, splits: Splits) -> Any:
+        spec = models.get_model(config.model)
+        return spec.instantiate(
+            models.InputSpec(vocab_size=splits.vocab_size, n_features=splits.n_features, season=splits.season,
+                             seq_len=splits.seq_len),
+            spec.make_hparams(**config.model_params),
+            task.causal,
+            models.OutputShape(task.output.kind, task.output.n_classes, task.output.shape),
+        )
+
+    def _incompatibility(self, config: RunConfig) -> str:
+        """Why this model cannot be built for this data ('' if it can, or if the problem is
+        another one: that is then recorded as the run's failure)."""
+        try:
+            task, splits = self.data(config)
+            self._build(config, task, splits)
+        except models.Incompatible as e:
+            return str(e)
+        except Exception:  # noqa: BLE001 - recorded by the run itself
+            return ""
+        return ""
+
     def _log_figures(self, run_id: str, figures: dict[str, Any]) -> None:
         import matplotlib.pyplot as plt
 
@@ -219,13 +245,7 @@ class Runner:
         L.seed_everything(config.seed, workers=True, verbose=False)
         task, splits = self.data(config)
         spec = models.get_model(config.model)
-        net = spec.instantiate(
-            models.InputSpec(vocab_size=splits.vocab_size, n_features=splits.n_features, season=splits.season,
-                             seq_len=splits.seq_len),
-            spec.make_hparams(**config.model_params),
-            task.causal,
-            models.OutputShape(task.output.kind, task.output.n_classes, task.output.shape),
-        )
+        net = self._build(config, task, splits)
         module = SeqModule(net, task, train, predictor=spec.predictor)
 
         def loader(split: Any, shuffle: bool, batch_size: int) -> DataLoader:

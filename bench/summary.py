@@ -50,12 +50,13 @@ def task_tables(results: list[Any]) -> list[Table]:
             by_model[r.config.model].append(r)
         for model, model_runs in by_model.items():
             ok = [r for r in model_runs if r.status in ("finished", "cached")]
-            failed = [r for r in model_runs if r.status == "failed"]
+            failed = [r for r in model_runs if r.status in ("failed", "refused")]
             score, _ = mean_std([r.metrics.get(f"test/{primary}", math.nan) for r in ok])
-            cells = [model, f"{len(ok)}" + (f" (+{len(failed)} failed)" if failed else "")]
+            n_failed = sum(r.status == "failed" for r in model_runs)
+            cells = [model, f"{len(ok)}" + (f" (+{n_failed} failed)" if n_failed else "")]
             cells += [fmt([r.metrics.get(f"test/{m}", math.nan) for r in ok]) for m in metric_names]
             cells += [fmt([r.metrics.get(k, math.nan) for r in ok], p, p) for k, _, p in PERF_COLUMNS]
-            note = "; ".join(f"seed {r.config.seed}: {r.reason}" for r in failed)
+            note = "; ".join(f"seed {r.config.seed} {r.status}: {r.reason}" for r in failed)
             if any(r.status == "cached" for r in ok):
                 note = (note + "; " if note else "") + "recorded earlier"
             rows.append((math.isnan(score), -score if higher else score, cells + [note]))

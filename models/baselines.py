@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from models.layers import check_range, last_valid
-from models.registry import InputSpec, ModelSpec, OutputShape, register_model
+from models.registry import Incompatible, InputSpec, ModelSpec, OutputShape, register_model
 
 FORECAST, FEATURES, TOKENS = frozenset({"forecast"}), frozenset({"features"}), frozenset({"tokens"})
 
@@ -54,12 +54,12 @@ class SeasonalNaive(nn.Module):
         super().__init__()
         m = hp.season or spec.season
         if not m:
-            raise ValueError("seasonal-naive needs a season: this data has none; set model.season")
+            raise Incompatible("seasonal-naive needs a season: this data has none; set model.season")
         H = out.shape[0]
         lags = torch.tensor([m * (h // m + 1) for h in range(H)])  # whole seasons back from step h
         self.register_buffer("offsets", torch.arange(H) - lags)  # relative to the window's end
         if spec.seq_len is not None and spec.seq_len + int(self.offsets.min()) < 0:
-            raise ValueError(f"seasonal-naive with season {m} and horizon {H} needs a look-back of at least "
+            raise Incompatible(f"seasonal-naive with season {m} and horizon {H} needs a look-back of at least "
                              f"{-int(self.offsets.min())} steps; this task gives {spec.seq_len}")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ class WindowLinear(nn.Module):
     def __init__(self, spec: InputSpec, hp: LinearHparams, out: OutputShape) -> None:
         super().__init__()
         if spec.seq_len is None:
-            raise ValueError("linear needs fixed-length windows")
+            raise Incompatible("linear needs fixed-length windows")
         self.normalize = hp.normalize
         self.proj = nn.Linear(spec.seq_len, out.shape[0])
 

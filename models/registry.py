@@ -55,6 +55,11 @@ class OutputShape:
     shape: tuple[int, ...] = ()
 
 
+class Incompatible(ValueError):
+    """This model cannot serve this data (e.g. a seasonal baseline with a look-back shorter
+    than the season): the pair is refused, not counted as a failed run."""
+
+
 SearchSpace = Callable[[Any], dict[str, Any]]  # optuna.Trial -> {"model.x": v, "train.y": v}
 ALL_OUTPUTS = frozenset({"class_per_sequence", "class_per_step", "values", "forecast"})
 ALL_INPUTS = frozenset({"tokens", "features"})

@@ -349,7 +349,8 @@ def test_causal_task_builds_causal_models(runner: Runner, register: Any, make_co
     register(MODELS, "spy-model", wrapped_spec(lambda t: t, record=seen))
     assert runner.run(make_config("spy-model", "copy-causal", COPY_PARAMS)).status == "finished"
     assert runner.run(make_config("spy-model", "copy", COPY_PARAMS)).status == "finished"
-    assert seen == [True, False]
+    # each run builds its model twice (a fit check, then the real one), always with the task's causality
+    assert seen == [True, True, False, False]
 
 
 def test_causal_task_refuses_bidirectional_models(register: Any) -> None:
@@ -417,3 +418,17 @@ def test_every_leaderboard_gets_the_baselines_that_serve_its_task(results_dir: P
     assert float(linear.data.params["train.lr"]) == 5e-3  # --set applies to the models asked for only
     for task in ("airline", "tweets"):
         assert "gru" in captured.out and task in captured.out
+
+
+@pytest.mark.slow
+def test_baseline_that_does_not_fit_the_data_is_refused_not_failed(results_dir: Path, data_dir: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # temperatures: a 30-day look-back cannot hold the 365-day season of seasonal-naive
+    code = main(["run", "--models", "last-value,seasonal-naive", "--tasks", "temperatures", "--profile", "tiny",
+                 "--no-baselines", "--data-dir", str(data_dir), "--results", str(results_dir)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "refused" in out and "look-back of at least 365" in out
+    tracker = Tracker(default_tracking_uri(results_dir), results_dir)
+    runs = tracker.client.search_runs([tracker.experiment_id("temperatures")])
+    assert [(r.data.tags["model"], r.info.status) for r in runs] == [("last-value", "FINISHED")]

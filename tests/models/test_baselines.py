@@ -48,9 +48,9 @@ def test_seasonal_naive_explains_a_short_look_back() -> None:
 def test_linear_is_one_map_shared_by_channels_and_learns() -> None:
     model = build("linear", InputSpec(n_features=2, seq_len=8), OutputShape("forecast", shape=(4, 2)))
     assert sum(p.numel() for p in model.parameters()) == 8 * 4 + 4  # shared across the two channels
-    x = torch.randn(16, 8, 2)
+    x = torch.randn(16, 8, 2, generator=torch.Generator().manual_seed(0))
     mask = torch.ones(16, 8, dtype=torch.bool)
-    target = x[:, -1:, :].expand(-1, 4, -1) * 2.0
+    target = x[:, -4:, :]  # the window's last four values: linear in it, whatever the level
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     first = None
     for _ in range(200):
@@ -59,7 +59,7 @@ def test_linear_is_one_map_shared_by_channels_and_learns() -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert loss.item() < 0.1 * first
+    assert loss.item() < 0.05 * first
 
 
 def test_majority_predicts_the_most_frequent_training_class() -> None:
