@@ -102,9 +102,20 @@ class TextClassificationTask(Task):
     def output(self) -> OutputSpec:
         return OutputSpec("class_per_sequence", n_classes=self.n_classes)
 
+    # The usual layout: a training file (validation is carved from it) and a test file.
+    train_file: ClassVar[DataFile]
+    test_file: ClassVar[DataFile]
+
+    def files(self) -> list[DataFile]:
+        return [self.train_file, self.test_file]
+
+    def read(self, file: DataFile) -> tuple[list[str], np.ndarray]:
+        """(texts, labels) of one file."""
+        raise NotImplementedError
+
     def load(self) -> dict[str, tuple[list[str], np.ndarray]]:
         """Raw (texts, labels) per split."""
-        raise NotImplementedError
+        return self.carve_validation(*self.read(self.train_file), test=self.read(self.test_file))
 
     def clean(self, text: str) -> str:
         """Source-specific clean-up before tokenizing (markup, escape leftovers)."""
@@ -208,7 +219,7 @@ class SST2(TextClassificationTask):
         "6288fb5bec9c572f2492875ae0111df5b6daed11/glue_data/SST-2/train_full.tsv",
         dataset="SST-2 train",
     )
-    dev_file = DataFile(
+    test_file = DataFile(  # the GLUE dev set: GLUE's own test labels are hidden
         "sst2/dev.tsv",
         "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0",
         "https://raw.githubusercontent.com/eyalbd2/Reproducing-AutoPrompt/"
@@ -216,15 +227,9 @@ class SST2(TextClassificationTask):
         dataset="SST-2 dev",
     )
 
-    def files(self) -> list[DataFile]:
-        return [self.train_file, self.dev_file]
-
-    def _read(self, file: DataFile) -> tuple[list[str], np.ndarray]:
+    def read(self, file: DataFile) -> tuple[list[str], np.ndarray]:
         df = pd.read_csv(ensure(file, self.data_dir), sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
         return df["sentence"].str.strip().tolist(), df["label"].to_numpy(dtype=np.int64)
-
-    def load(self) -> dict[str, tuple[list[str], np.ndarray]]:
-        return self.carve_validation(*self._read(self.train_file), test=self._read(self.dev_file))
 
 
 @dataclass
@@ -260,18 +265,12 @@ class IMDB(TextClassificationTask):
     )
     _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
-    def files(self) -> list[DataFile]:
-        return [self.train_file, self.test_file]
-
     def clean(self, text: str) -> str:
         return self._BREAK.sub(" ", text)
 
-    def _read(self, file: DataFile) -> tuple[list[str], np.ndarray]:
+    def read(self, file: DataFile) -> tuple[list[str], np.ndarray]:
         df = pd.read_csv(ensure(file, self.data_dir), keep_default_na=False)
         return df["text"].tolist(), df["label"].to_numpy(dtype=np.int64)
-
-    def load(self) -> dict[str, tuple[list[str], np.ndarray]]:
-        return self.carve_validation(*self._read(self.train_file), test=self._read(self.test_file))
 
 
 @register_task
@@ -301,9 +300,6 @@ class AGNews(TextClassificationTask):
     _ENTITY = re.compile(r"#(\d+);")
     _NAMED = {"quot;": '"', "amp;": "&", "lt;": "<", "gt;": ">"}
 
-    def files(self) -> list[DataFile]:
-        return [self.train_file, self.test_file]
-
     def clean(self, text: str) -> str:
         """The files carry '\\' for line breaks and entity leftovers such as '#39;' and 'quot;'."""
         text = self._ENTITY.sub(lambda m: chr(int(m.group(1))), text.replace("\\", " "))
@@ -311,10 +307,7 @@ class AGNews(TextClassificationTask):
             text = text.replace(entity, char)
         return text
 
-    def _read(self, file: DataFile) -> tuple[list[str], np.ndarray]:
+    def read(self, file: DataFile) -> tuple[list[str], np.ndarray]:
         df = pd.read_csv(ensure(file, self.data_dir), header=None, names=["label", "title", "description"],
                          keep_default_na=False)
         return (df["title"] + ". " + df["description"]).tolist(), df["label"].to_numpy(dtype=np.int64) - 1
-
-    def load(self) -> dict[str, tuple[list[str], np.ndarray]]:
-        return self.carve_validation(*self._read(self.train_file), test=self._read(self.test_file))
