@@ -72,6 +72,7 @@ def build_catalog() -> dict[str, Any]:
             "outputs": sorted(spec.outputs),
             "inputs": sorted(spec.inputs),
             "baseline": spec.predictor,
+            "tunable": spec.search_space is not None,
             "params_1_feature": params,
             "hparams": {k: {**v, "default": spec.default_hparams()[k]} for k, v in fields_of(spec.hparams).items()},
             "train_defaults": spec.train_defaults,

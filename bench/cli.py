@@ -25,6 +25,7 @@ console = Console(width=None if sys.stdout.isatty() else 180)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 180)
 
 ENV_RESULTS = "SEQBENCH_RESULTS"
+ENV_STORAGE = "SEQBENCH_STORAGE"  # Optuna study storage (bench.tuning reads the same name)
 
 
 def results_dir(explicit: str | None) -> Path:
@@ -144,45 +145,97 @@ def check_data(request: Any, catalog: dict[str, Any], data_dir: Path) -> list[st
     return problems
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Train and evaluate every (model, task, seed); record each run in MLflow."""
-    from bench.catalog import load_catalog, parse_request, resolve
+def checked_request(args: argparse.Namespace, catalog: dict[str, Any], seeds: str, baselines: bool) -> Any:
+    """The request, with refused pairs and tasks whose data is missing reported and left out."""
+    from bench.catalog import parse_request
     from tasks.data import resolve_data_dir
 
-    catalog = load_catalog()
-    request = parse_request(args.models, args.tasks, args.seeds, args.profile, args.set or [], catalog,
-                            baselines=not args.no_baselines)
+    request = parse_request(args.models, args.tasks, seeds, args.profile, args.set or [], catalog,
+                            baselines=baselines)
     refused: dict[tuple[str, str], list[str]] = {}
     for model, task, reason in request.refused:
         refused.setdefault((model, reason), []).append(task)
     for (model, reason), task_labels in refused.items():
         err_console.print(f"[yellow]refused[/] {escape(model)} × {escape(', '.join(task_labels))}: {escape(reason)}")
-    data_dir = resolve_data_dir(args.data_dir)
-    for problem in check_data(request, catalog, data_dir):
+    for problem in check_data(request, catalog, resolve_data_dir(args.data_dir)):
         err_console.print(f"[yellow]skipped[/] {escape(problem)}")
     if not request.pairs():
         raise BenchError("Nothing to run: every requested (model, task) pair was refused or lacks its data")
+    return request
+
+
+def open_tracker(args: argparse.Namespace) -> Any:
+    from bench.tracking import Tracker, default_tracking_uri
+
+    results = results_dir(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results)
+    return Tracker(uri, results)
+
+
+def storage_url(args: argparse.Namespace) -> str:
+    from bench.tuning import default_storage
+
+    return args.storage or os.environ.get(ENV_STORAGE) or default_storage(results_dir(args.results))
+
+
+def tuned_configs(configs: list[Any], request: Any, args: argparse.Namespace) -> list[tuple[Any, dict[str, str]]]:
+    """Each requested model's configuration with its study's best parameters (settings given
+    with --set or after the task name still win); baselines stay as they are."""
+    from bench.tuning import apply, find_tuned
+    from tasks import get_task
+
+    url = storage_url(args)
+    explicit = {f"model.{k}" for k in request.model_overrides} | {f"train.{k}" for k in request.train_overrides}
+    found: dict[tuple[str, str], Any] = {}
+    out = []
+    for config in configs:
+        if config.model not in request.models:
+            out.append((config, {}))
+            continue
+        key = (config.model, config.task.label)
+        if key not in found:
+            found[key] = find_tuned(url, config.model, config.task.label, config.profile, args.study_suffix,
+                                    get_task(config.task.name).higher_is_better)
+            if found[key].note:
+                err_console.print(f"[yellow]note[/] {escape(found[key].note)}")
+        tuned = found[key]
+        values = {k: v for k, v in tuned.params.items()
+                  if k not in explicit and not (k.startswith("task.") and k[5:] in config.task.params)}
+        try:
+            out.append((apply(config, values), tuned.tags(url)))
+        except (ValueError, TypeError) as e:
+            raise BenchError(f"The best parameters of {tuned.study} do not fit {config.label}: {e}") from None
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train and evaluate every (model, task, seed); record each run in MLflow."""
+    from bench.catalog import load_catalog, resolve
+    from tasks.data import resolve_data_dir
+
+    catalog = load_catalog()
+    request = checked_request(args, catalog, args.seeds, baselines=not args.no_baselines)
+    data_dir = resolve_data_dir(args.data_dir)
 
     with console.status("Loading torch, Lightning and MLflow…"):
         configs = resolve(request)  # every value checked before anything is written
+        runs = tuned_configs(configs, request, args) if args.tuned else [(c, {}) for c in configs]
 
         from bench.progress import SweepProgress
         from bench.runner import Runner
         from bench.summary import task_tables
-        from bench.tracking import Tracker, default_tracking_uri
 
-        results = results_dir(args.results)
-        results.mkdir(parents=True, exist_ok=True)
-        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results)
-        tracker = Tracker(uri, results)
+        tracker = open_tracker(args)
+        uri = tracker.uri
 
     t0 = time.perf_counter()
     outcomes = []
-    with SweepProgress(console, len(configs)) as progress:
+    with SweepProgress(console, len(runs)) as progress:
         runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress,
                         accelerator=args.accelerator, rerun=args.rerun)
-        for config in configs:
-            outcome = runner.run(config)
+        for config, tags in runs:
+            outcome = runner.run(config, tags=tags)
             progress.finished(outcome)
             outcomes.append(outcome)
     elapsed = time.perf_counter() - t0
@@ -201,6 +254,115 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def parse_duration(text: str | None) -> float | None:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1h30m`` -> seconds."""
+    if text is None:
+        return None
+    import re
+
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not match or not any(match.groups()):
+        raise BenchError(f"Invalid duration '{text}': expected e.g. 90s, 30m, 2h or 1h30m")
+    h, m, sec = (float(g or 0) for g in match.groups())
+    seconds = 3600 * h + 60 * m + sec
+    if seconds <= 0:
+        raise BenchError(f"Invalid duration '{text}': it must be more than 0")
+    return seconds
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Tune each (model, task) with an Optuna study on the validation split; trials are runs in MLflow."""
+    from bench.catalog import load_catalog, resolve
+    from bench.space import user_spaces
+    from tasks.data import resolve_data_dir
+
+    if args.trials < 1:
+        raise BenchError(f"Invalid --trials {args.trials}: it must be at least 1")
+    timeout = parse_duration(args.timeout)
+    catalog = load_catalog()
+    request = checked_request(args, catalog, str(args.study_seed), baselines=False)
+    spaces = user_spaces(args.space or [], Path(args.space_file) if args.space_file else None, request.models,
+                         list(dict.fromkeys(t.name for t in request.tasks)), catalog)
+    for model in request.models:
+        if not catalog["models"][model]["tunable"] and not any(spaces[(model, t.name)] for t in request.tasks):
+            raise BenchError(f"{model} has no search space of its own: give one with --space KEY=…")
+    data_dir = resolve_data_dir(args.data_dir)
+
+    with console.status("Loading torch, Lightning, MLflow and Optuna…"):
+        configs = resolve(request)
+        from bench.progress import TuneProgress
+        from bench.runner import Runner
+        from bench.tuning import StudyPlan, Tuner, redact, study_name
+
+        tracker = open_tracker(args)
+        url = storage_url(args)
+    fixed = {f"model.{k}": v for k, v in request.model_overrides.items()}
+    fixed.update({f"train.{k}": v for k, v in request.train_overrides.items()})
+    import tasks
+
+    plans = []
+    for config in configs:
+        task_cls = tasks.get_task(config.task.name)
+        task_fixed = {**fixed, **{f"task.{k}": v for k, v in config.task.params.items()}}
+        plans.append(StudyPlan(study_name(config.model, config.task.label, config.profile, args.study_suffix),
+                               config, spaces[(config.model, config.task.name)], task_fixed,
+                               task_cls.higher_is_better, task_cls.primary_metric))
+
+    import signal
+
+    outcomes = []
+    with TuneProgress(console, args.trials) as progress:
+        runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress, accelerator=args.accelerator,
+                        rerun=True)
+        tuner = Tuner(runner, tracker, url, study_seed=args.study_seed, pruner=args.pruner,
+                      default_trial=not args.no_default_trial, listener=progress)
+
+        def stop(signum: int, frame: Any) -> None:  # Ctrl+C, or a scheduler's SIGTERM
+            tuner.stop_requested = True
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        for plan in plans:
+            outcomes.append(tuner.work(plan, args.trials, timeout))
+    console.print(tune_table(outcomes, plans))
+    console.print(f"Studies are in {redact(url)}; trials are runs in {tracker.uri}, under one parent run per study.")
+    console.print("Run the same command again to continue a study (--trials is the total it should hold); "
+                  f"train with the best parameters: bench run --models {args.models} --tasks {args.tasks} --tuned")
+    return 0 if all(o.complete for o in outcomes) else 1
+
+
+def tune_table(outcomes: list[Any], plans: list[Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Studies (validation split)", title_justify="left")
+    for col in ("study", "trials", "complete", "pruned", "failed", "ran here", "default", "best", "best trial",
+                "best parameters", "wall s"):
+        table.add_column(col, justify="left" if col in ("study", "best parameters") else "right")
+    for o, plan in zip(outcomes, plans, strict=True):
+        arrow = "↑" if plan.higher_is_better else "↓"
+        value = (lambda v: "–" if v != v else f"{v:.4g}")  # noqa: E731 - NaN shows as a dash
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.best_params.items())
+        table.add_row(o.name, str(o.n_trials), str(o.complete), str(o.pruned), str(o.failed), str(o.ran_here),
+                      value(o.default_value), f"{value(o.best_value)} {arrow}",
+                      "–" if o.best_trial is None else str(o.best_trial), params or o.note, f"{o.wall_s:.0f}")
+    return table
+
+
+DATA_HELP = "dataset directory (default: $SEQBENCH_DATA_DIR, else ./data)"
+
+
+def training_options(p: argparse.ArgumentParser) -> None:
+    """Where data comes from and results go, and what trains: shared by run and tune."""
+    p.add_argument("--data-dir", help=DATA_HELP)
+    p.add_argument("--results", help=f"output directory (default: ${ENV_RESULTS}, else ./results)")
+    p.add_argument("--tracking-uri",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in results/)")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"],
+                   help="Lightning accelerator (default: auto, a GPU when there is one)")
+    p.add_argument("--sweep", help="sweep id recorded on every run (default: a timestamp)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench",
@@ -209,18 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"seqbench {bench.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data_help = "dataset directory (default: $SEQBENCH_DATA_DIR, else ./data)"
     p = sub.add_parser("list", help=cmd_list.__doc__, description=cmd_list.__doc__)
     p.add_argument("--models-only", action="store_true", help="only the models")
     p.add_argument("--tasks-only", action="store_true", help="only the tasks")
-    p.add_argument("--data-dir", help=data_help)
+    p.add_argument("--data-dir", help=DATA_HELP)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("data", help=cmd_data.__doc__, description=cmd_data.__doc__)
     p.add_argument("--tasks", default="all", help="only these tasks' files (default: all)")
     p.add_argument("--verify", action="store_true", help="check every present file's checksum")
     p.add_argument("--fetch", action="store_true", help="download missing files from their sources, then verify")
-    p.add_argument("--data-dir", help=data_help)
+    p.add_argument("--data-dir", help=DATA_HELP)
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("run", help=cmd_run.__doc__, description=cmd_run.__doc__)
@@ -232,17 +393,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", help="budget profile: tiny, quick, standard, full (default: quick)")
     p.add_argument("--set", action="append", metavar="GROUP.KEY=VALUE",
                    help="override a setting: model.hidden_size=64, train.lr=1e-3, budget.max_steps=200 (repeatable)")
-    p.add_argument("--data-dir", help=data_help)
-    p.add_argument("--results", help=f"output directory (default: ${ENV_RESULTS}, else ./results)")
-    p.add_argument("--tracking-uri",
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in results/)")
-    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"],
-                   help="Lightning accelerator (default: auto, a GPU when there is one)")
-    p.add_argument("--sweep", help="sweep id recorded on every run (default: a timestamp)")
+    training_options(p)
     p.add_argument("--rerun", action="store_true", help="run again configurations that already finished")
     p.add_argument("--no-baselines", action="store_true",
                    help="do not add the baselines that serve each task (added by default: they take seconds)")
+    p.add_argument("--tuned", action="store_true",
+                   help="train each model with the best parameters of its study (see bench tune)")
+    storage_help = f"Optuna storage URL (default: ${ENV_STORAGE}, else SQLite in results/)"
+    p.add_argument("--storage", help=storage_help + ", for --tuned")
+    p.add_argument("--study-suffix", default="", help="with --tuned: the suffix the study was given")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("tune", help=cmd_tune.__doc__, description=cmd_tune.__doc__)
+    p.add_argument("--models", required=True, help="comma-separated names, wildcards or 'all'")
+    p.add_argument("--tasks", required=True, help="comma-separated tasks (with parameters or a variant, as for run)")
+    p.add_argument("--trials", type=int, default=20,
+                   help="trials each study should hold; a study continued counts those it has (default: 20)")
+    p.add_argument("--timeout", help="per study: start no new trial after this long, e.g. 30m, 2h, 90s")
+    p.add_argument("--profile", default="quick", help="budget of each trial (default: quick)")
+    p.add_argument("--pruner", default="median", choices=["median", "halving", "none"],
+                   help="stop poor trials early: median, successive halving, or none (default: median)")
+    p.add_argument("--space", action="append", metavar="KEY=SPEC",
+                   help="change the search space: model.hidden_size=64,128 (choices), train.lr=1e-4..1e-2:log "
+                   "(range), model.num_layers=2 (fixed); repeatable")
+    p.add_argument("--space-file", help="a TOML file of such entries; a [model] table applies to that model only")
+    p.add_argument("--set", action="append", metavar="GROUP.KEY=VALUE",
+                   help="fix a setting for every trial: budget.max_steps=200, model.hidden_size=64 (repeatable)")
+    p.add_argument("--storage", help=storage_help + "; e.g. postgresql://user@host/db shared by many workers")
+    p.add_argument("--study-seed", type=int, default=0,
+                   help="each trial's training seed and sampling are drawn from it and the trial number (default: 0)")
+    p.add_argument("--study-suffix", default="", help="appended to study names, to keep studies with other "
+                   "settings apart")
+    p.add_argument("--no-default-trial", action="store_true",
+                   help="do not make trial 0 the default configuration")
+    training_options(p)
+    p.set_defaults(func=cmd_tune)
     return parser
 
 

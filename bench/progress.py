@@ -68,3 +68,36 @@ class SweepProgress:
         if self.current is not None:
             self.progress.remove_task(self.current)
             self.current = None
+
+
+class TuneProgress(SweepProgress):
+    """A study's trials so far (across every worker), the current trial's run, and one line per
+    trial this worker ran."""
+
+    def __init__(self, console: Console, n_trials: int) -> None:
+        super().__init__(console, n_trials)
+        self.n_trials = n_trials
+
+    def study(self, name: str, counted: int) -> None:
+        self.progress.update(self.sweep, description=name, total=self.n_trials, completed=counted, info="")
+
+    def trial_done(self, plan: Any, trial: Any, census: Any, best: Any) -> None:
+        from optuna.trial import TrialState
+
+        key = f"val/{plan.primary_metric}"
+        if trial.state == TrialState.COMPLETE:
+            what = f"{key} {trial.value:.4g}" + ("  (default configuration)" if trial.user_attrs.get("default") else "")
+        elif trial.state == TrialState.PRUNED:
+            what = f"[yellow]{trial.user_attrs.get('stop_reason', 'pruned')}[/]"
+        else:
+            what = f"[red]failed[/]: {trial.user_attrs.get('failure_reason', 'see its run')}"
+        best_text = f"best {best.value:.4g} (trial {best.number})" if best is not None else "no completed trial yet"
+        pruned = sum(t.state == TrialState.PRUNED for t in census.counted)
+        failed = sum(t.state == TrialState.FAIL for t in census.counted)
+        self.console.print(f"[{len(census.counted)}/{self.n_trials}] {plan.name} trial {trial.number}: {what}  · "
+                           f"{best_text} · {pruned} pruned, {failed} failed", highlight=False)
+        self.progress.update(self.sweep, completed=len(census.counted),
+                             info=f"{best_text}, {pruned} pruned, {failed} failed")
+        if self.current is not None:
+            self.progress.remove_task(self.current)
+            self.current = None

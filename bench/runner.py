@@ -155,11 +155,27 @@ class Runner:
         self._data.move_to_end(key)
         return self._data[key]
 
-    def run(self, config: RunConfig) -> RunResult:
+    def run(
+        self,
+        config: RunConfig,
+        *,
+        callbacks: tuple[L.Callback, ...] = (),
+        tags: dict[str, str] | None = None,
+        run_name: str = "",
+        evaluate_test: bool = True,
+    ) -> RunResult:
+        """Train, evaluate and record one run.
+
+        Tuning passes its pruning ``callbacks``, extra ``tags`` (the parent study run, the
+        trial) and ``evaluate_test=False``: a trial is chosen on validation alone, and the test
+        split is left for the tuned configuration's own runs. Such runs are never looked up as
+        earlier results. A callback's ``stop_reason``, when set, becomes the run's stop reason.
+        """
         task_cls = tasks.get_task(config.task.name)
         result = RunResult(config, "finished", primary_metric=task_cls.primary_metric,
                            higher_is_better=task_cls.higher_is_better)
-        if not self.rerun:
+        kind = (tags or {}).get("kind", "run")
+        if not self.rerun and kind == "run":
             done = self.tracker.find_finished(config.task.name, config.config_hash)
             if done is not None:
                 result.status, result.run_id, result.metrics = "cached", done.info.run_id, dict(done.data.metrics)
@@ -180,13 +196,15 @@ class Runner:
             "profile": config.profile,
             "sweep_id": self.sweep_id,
             "config_hash": config.config_hash,
+            "kind": kind,
+            **(tags or {}),
         }
-        result.run_id = self.tracker.start(config.task.name, f"{config.model}-{suffix}s{config.seed}",
+        result.run_id = self.tracker.start(config.task.name, run_name or f"{config.model}-{suffix}s{config.seed}",
                                            config.flat(), tags)
         t0 = time.perf_counter()
         try:
             with PeakMemory(self.device) as memory:
-                metrics, history, stop, references, figures = self._train_and_test(config)
+                metrics, history, stop, references, figures = self._train_and_test(config, callbacks, evaluate_test)
             metrics.update(memory.metrics())
             metrics["time/total_s"] = time.perf_counter() - t0
             result.metrics, result.references = metrics, references
@@ -240,7 +258,9 @@ class Runner:
             self.tracker.log_figure(run_id, figure, name)
             plt.close(figure)
 
-    def _train_and_test(self, config: RunConfig) -> tuple[dict[str, float], list, str, dict[str, float], dict]:
+    def _train_and_test(
+        self, config: RunConfig, extra: tuple[L.Callback, ...] = (), evaluate_test: bool = True
+    ) -> tuple[dict[str, float], list, str, dict[str, float], dict]:
         budget, train = config.budget, config.train
         L.seed_everything(config.seed, workers=True, verbose=False)
         task, splits = self.data(config)
@@ -262,7 +282,7 @@ class Runner:
         mode = "max" if task.higher_is_better else "min"
         throughput = Throughput(budget["warmup_steps"], task.tokens)
         early = EarlyStopping(monitor, mode=mode, patience=budget["patience"])
-        callbacks: list[L.Callback] = [throughput, early]
+        callbacks: list[L.Callback] = [throughput, early, *extra]
         if self.listener is not None:
             self.listener.on_start(config, min(budget["max_steps"], budget["max_epochs"] * steps_per_epoch))
             callbacks.append(_Progress(self.listener))
@@ -307,9 +327,13 @@ class Runner:
             # metric); if no validation ever ran (time ran out first), with the last weights.
             ckpt = best.best_model_path or None
             trainer.validate(module, val_loader, ckpt_path=ckpt, verbose=False)
-            trainer.test(module, test_loader, ckpt_path=ckpt, verbose=False)
+            if evaluate_test:
+                trainer.test(module, test_loader, ckpt_path=ckpt, verbose=False)
 
-        if not trainable:
+        stopped_by = [cb.stop_reason for cb in extra if getattr(cb, "stop_reason", "")]
+        if stopped_by:
+            stop = stopped_by[0]
+        elif not trainable:
             stop = "nothing to train"
         elif early.stopped_epoch > 0 or early.wait_count >= early.patience:
             stop = "early stopping"
@@ -320,9 +344,9 @@ class Runner:
         else:
             stop = "max_epochs"
         metrics: dict[str, float] = {f"val/{k}": v for k, v in module.results["val"].items()}
-        metrics.update({f"test/{k}": v for k, v in module.results["test"].items()})
+        metrics.update({f"test/{k}": v for k, v in module.results.get("test", {}).items()})
         metrics.update(throughput.metrics())
-        metrics.update(inference_latency(module, next(iter(test_loader)), self.device))
+        metrics.update(inference_latency(module, next(iter(test_loader if evaluate_test else val_loader)), self.device))
         metrics.update({
             "model/params": sum(p.numel() for p in module.parameters()),
             "train/steps": trainer.global_step,
@@ -336,7 +360,7 @@ class Runner:
             with torch.no_grad():
                 return module(batch["x"].to(self.device), batch["mask"].to(self.device)).cpu()
 
-        figures = task.figures(predict, splits, module.last_stats["test"])
+        figures = task.figures(predict, splits, module.last_stats["test"]) if evaluate_test else {}
         return metrics, module.history, stop, task.references(), figures
 
 

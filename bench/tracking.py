@@ -17,6 +17,7 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating tables
@@ -32,6 +33,9 @@ class Tracker:
     def __init__(self, tracking_uri: str, results_dir: Path) -> None:
         self.uri = tracking_uri
         self.local = tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:")
+        # A server stores artifacts itself; with a database URI (SQLite, PostgreSQL, ...) the
+        # client writes them, under results/.
+        self.local_artifacts = not tracking_uri.startswith(("http:", "https:", "databricks"))
         self.artifact_root = (results_dir / "mlartifacts").resolve()
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self._experiments: dict[str, str] = {}
@@ -41,21 +45,41 @@ class Tracker:
         if name not in self._experiments:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
-                location = (self.artifact_root / task).as_uri() if self.local else None
-                exp_id = self.client.create_experiment(name, artifact_location=location)
+                location = (self.artifact_root / task).as_uri() if self.local_artifacts else None
+                try:
+                    exp_id = self.client.create_experiment(name, artifact_location=location)
+                except MlflowException:  # another worker created it a moment ago
+                    exp = self.client.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
+                    exp_id = exp.experiment_id
             else:
                 exp_id = exp.experiment_id
             self._experiments[name] = exp_id
         return self._experiments[name]
 
     def find_finished(self, task: str, config_hash: str) -> Any | None:
-        """A finished run of exactly this configuration, if one was recorded."""
+        """A finished run of exactly this configuration, if one was recorded (tuning trials,
+        which skip the test split, do not count)."""
         runs = self.client.search_runs(
             [self.experiment_id(task)],
             filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
-            max_results=1,
+            max_results=50,
         )
-        return runs[0] if runs else None
+        return next((r for r in runs if r.data.tags.get("kind", "run") == "run"), None)
+
+    def search(self, task: str, filter_string: str) -> list[Any]:
+        return self.client.search_runs([self.experiment_id(task)], filter_string=filter_string, max_results=1000)
+
+    def delete(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """Mark a run RUNNING again (a study continued), or ended."""
+        if status == "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            self.client.set_terminated(run_id, status=status)
 
     def start(self, task: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id(task), run_name=run_name, tags=tags)
@@ -82,6 +106,9 @@ class Tracker:
 
     def log_figure(self, run_id: str, figure: Any, name: str) -> None:
         self.client.log_figure(run_id, figure, name)
+
+    def log_dict(self, run_id: str, data: dict[str, Any], name: str) -> None:
+        self.client.log_dict(run_id, data, name)
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from models.layers import check_range, last_valid
-from models.registry import Incompatible, InputSpec, ModelSpec, OutputShape, register_model
+from models.registry import WEIGHT_DECAYS, Incompatible, InputSpec, ModelSpec, OutputShape, register_model
 
 FORECAST, FEATURES, TOKENS = frozenset({"forecast"}), frozenset({"features"}), frozenset({"tokens"})
 
@@ -163,7 +163,7 @@ class CharNgram(nn.Module):
 def linear_space(trial: Any) -> dict[str, Any]:
     return {
         "train.lr": trial.suggest_float("train.lr", 1e-4, 1e-1, log=True),
-        "train.weight_decay": trial.suggest_float("train.weight_decay", 1e-6, 1e-1, log=True),
+        "train.weight_decay": trial.suggest_categorical("train.weight_decay", WEIGHT_DECAYS),
     }
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.layers import InputLayer, check_range
-from models.registry import InputSpec, ModelSpec, register_model
+from models.registry import WEIGHT_DECAYS, InputSpec, ModelSpec, register_model
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -74,7 +74,7 @@ def space(trial: Any) -> dict[str, Any]:
         "model.num_layers": trial.suggest_int("model.num_layers", 1, 3),
         "model.dropout": trial.suggest_float("model.dropout", 0.0, 0.5),
         "train.lr": trial.suggest_float("train.lr", 1e-4, 1e-2, log=True),
-        "train.weight_decay": trial.suggest_float("train.weight_decay", 1e-6, 1e-1, log=True),
+        "train.weight_decay": trial.suggest_categorical("train.weight_decay", WEIGHT_DECAYS),
         "train.batch_size": trial.suggest_categorical("train.batch_size", [32, 64, 128]),
     }
 

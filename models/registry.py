@@ -60,7 +60,12 @@ class Incompatible(ValueError):
     than the season): the pair is refused, not counted as a failed run."""
 
 
-SearchSpace = Callable[[Any], dict[str, Any]]  # optuna.Trial -> {"model.x": v, "train.y": v}
+# A search space asks an Optuna trial for values and returns them by setting,
+# {"model.hidden_size": 64, "train.lr": 3e-4}; its parameter names are those same keys.
+SearchSpace = Callable[[Any], dict[str, Any]]
+# Weight decay by decades, with 0 (no decay: every family's default) among the choices, so
+# the default configuration lies inside every search space.
+WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3, 1e-2]
 ALL_OUTPUTS = frozenset({"class_per_sequence", "class_per_step", "values", "forecast"})
 ALL_INPUTS = frozenset({"tokens", "features"})
 

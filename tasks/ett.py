@@ -82,6 +82,11 @@ class ETTTask(Task):
     def files(self) -> list[DataFile]:
         return [self.file]
 
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        # The look-backs most often compared on ETT; test windows are the same for all of them.
+        return {"task.lookback": trial.suggest_categorical("task.lookback", [48, 96, 192, 336])}
+
     @property
     def n_channels(self) -> int:
         return len(COLUMNS) if self.params.features == "M" else 1

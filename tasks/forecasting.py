@@ -40,12 +40,17 @@ class SeriesTask(Task):
     season: ClassVar[int]  # seasonal period, for MASE and the seasonal-naive reference
     val_len: ClassVar[int]
     test_len: ClassVar[int]
+    lookbacks: ClassVar[tuple[int, ...]]  # look-backs tried when tuning
     Params = SeriesParams
     primary_metric = "mase"
     higher_is_better = False
 
     def files(self) -> list[DataFile]:
         return [self.file]
+
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        return {"task.lookback": trial.suggest_categorical("task.lookback", list(cls.lookbacks))}
 
     @property
     def output(self) -> OutputSpec:
@@ -152,6 +157,7 @@ class Airline(SeriesTask):
     season = 12
     val_len = 12
     test_len = 12
+    lookbacks = (12, 24, 36, 48)
 
 
 @dataclass
@@ -179,6 +185,7 @@ class Sunspots(SeriesTask):
     season = 132
     val_len = 282
     test_len = 282
+    lookbacks = (66, 132, 144, 264)
 
 
 @dataclass
@@ -206,3 +213,4 @@ class Temperatures(SeriesTask):
     season = 365
     val_len = 365
     test_len = 365
+    lookbacks = (14, 30, 60, 90)

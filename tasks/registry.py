@@ -139,6 +139,12 @@ class Task(ABC):
     def default_params(cls) -> dict[str, Any]:
         return dataclasses.asdict(cls.Params())
 
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        """Task parameters worth tuning together with a model (a forecasting look-back), asked
+        of an Optuna trial the way a model's search space is: ``{"task.lookback": 96}``."""
+        return {}
+
     def files(self) -> list[DataFile]:
         """Dataset files this task reads from the data directory (none for synthetic tasks)."""
         return []

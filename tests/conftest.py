@@ -33,7 +33,7 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         mp.setenv("SEQBENCH_CACHE_DIR", str(tmp_path_factory.mktemp("seqbench-cache")))
         mp.setenv("SEQBENCH_OFFLINE", "1")
         mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        for var in ("MLFLOW_TRACKING_URI", "SEQBENCH_RESULTS"):
+        for var in ("MLFLOW_TRACKING_URI", "SEQBENCH_RESULTS", "SEQBENCH_STORAGE"):
             mp.delenv(var, raising=False)
         yield
 
@@ -122,3 +122,31 @@ def make_config() -> Callable[..., Any]:
         return config
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database on loopback: $SEQBENCH_TEST_POSTGRES (CI starts one), else a
+    throwaway server started here from the distribution's binaries."""
+    if os.environ.get("SEQBENCH_TEST_POSTGRES"):
+        yield os.environ["SEQBENCH_TEST_POSTGRES"]
+        return
+    import tempfile
+
+    from tests import pgcluster
+
+    where = Path(tempfile.mkdtemp(prefix="seqbench-pg-"))
+    try:
+        yield pgcluster.start(where)
+    finally:
+        pgcluster.stop(where)
+
+
+def new_database(url: str, name: str) -> str:
+    """A fresh database on the server of ``url``; its URL."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return url.rsplit("/", 1)[0] + "/" + name
