@@ -317,9 +317,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
         tuner = Tuner(runner, tracker, url, study_seed=args.study_seed, pruner=args.pruner,
                       default_trial=not args.no_default_trial, listener=progress)
 
-        def stop(signum: int, frame: Any) -> None:  # Ctrl+C, or a scheduler's SIGTERM
+        def stop(signum: int, frame: Any) -> None:
+            """Ctrl+C, or a scheduler's SIGTERM: cut the training under way short (its trial is
+            queued again) and start no other trial. Between trainings, the study stops
+            before the next trial; a second Ctrl+C stops at once."""
+            again = tuner.stop_requested
             tuner.stop_requested = True
-            raise KeyboardInterrupt
+            if runner.fitting or again:
+                raise KeyboardInterrupt
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
@@ -330,6 +335,113 @@ def cmd_tune(args: argparse.Namespace) -> int:
     console.print("Run the same command again to continue a study (--trials is the total it should hold); "
                   f"train with the best parameters: bench run --models {args.models} --tasks {args.tasks} --tuned")
     return 0 if all(o.complete for o in outcomes) else 1
+
+
+def parse_since(text: str | None) -> int | None:
+    """``2026-11-01``, ``2026-11-01T08:30`` (local time) or a duration back from now (``12h``,
+    ``3d``) -> milliseconds since the epoch."""
+    if text is None:
+        return None
+    from datetime import datetime
+
+    days = text.strip().removesuffix("d")
+    if text.strip().endswith("d") and days.replace(".", "", 1).isdigit():
+        return int((time.time() - float(days) * 86400) * 1000)
+    try:
+        return int(datetime.fromisoformat(text.strip()).timestamp() * 1000)
+    except ValueError:
+        pass
+    try:
+        return int((time.time() - (parse_duration(text) or 0)) * 1000)
+    except BenchError:
+        raise BenchError(f"Invalid --since '{text}': expected a date (2026-11-01), a time (2026-11-01T08:30) "
+                         "or a duration back from now (12h, 3d)") from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Leaderboards from the recorded runs: Markdown, CSV and a self-contained HTML report."""
+    from bench.catalog import load_catalog
+    from bench.registry import select_names
+
+    catalog = load_catalog()
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("md", "csv", "html")]
+    if bad or not formats:
+        raise BenchError(f"Invalid --format '{args.format}': choose from md, csv, html (comma-separated)")
+    tasks = select_names("task", args.tasks, catalog["tasks"]) if args.tasks else None
+    models = select_names("model", args.models, catalog["models"]) if args.models else None
+    since = parse_since(args.since)
+    with console.status("Reading runs…"):
+        from bench.report import load_runs, write
+
+        tracker = open_tracker(args)
+        runs = load_runs(tracker.client, tasks, models, args.sweep, since)
+    if not runs:
+        raise BenchError(f"No runs match in {tracker.uri} (tasks: {args.tasks or 'all'}, models: "
+                         f"{args.models or 'all'}, sweep: {args.sweep or 'any'}, since: {args.since or 'any time'})")
+    out = Path(args.out) if args.out else results_dir(args.results) / "reports"
+    with console.status("Writing the report…"):
+        written = write(tracker.client, runs, catalog, out, formats, args.title)
+    finished = sum(r.status == "FINISHED" for r in runs)
+    console.print(f"{finished} finished and {len(runs) - finished} failed or interrupted runs on "
+                  f"{len({r.variant for r in runs})} tasks, from {tracker.uri}")
+    for kind, path in written.items():
+        console.print(f"  {kind:8} {path}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Start the MLflow UI on the run store (loopback by default) and print its URL."""
+    import signal
+    import subprocess
+    import urllib.request
+
+    from bench.tracking import default_tracking_uri
+
+    results = results_dir(args.results)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results)
+    if uri.startswith(("http:", "https:")):
+        console.print(f"{uri} is a tracking server: open it in a browser.")
+        return 0
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise BenchError(f"No run store at {uri}: run `bench run` first, or name one with --tracking-uri")
+    url = f"http://{args.host}:{args.port}"
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port",
+           str(args.port), "--workers", "1"]
+    results.mkdir(parents=True, exist_ok=True)
+    log = results / "mlflow-ui.log"
+    with open(log, "w") as log_file:
+        server = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        with console.status(f"Starting the MLflow UI on {url}…"):
+            deadline = time.monotonic() + 120
+            while True:
+                if server.poll() is not None:
+                    last = log.read_text().strip().splitlines() or [f"exit {server.returncode}"]
+                    raise BenchError(f"The MLflow UI did not start: {last[-1]} (log: {log})")
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
+                        if reply.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BenchError(f"The MLflow UI did not answer on {url} within 2 minutes")
+                time.sleep(0.5)
+        console.print(f"MLflow UI: {url}  (runs from {uri}; Ctrl+C stops it)", highlight=False)
+        sys.stdout.flush()
+        server.wait()
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
 
 
 def tune_table(outcomes: list[Any], plans: list[Any]) -> Any:
@@ -428,6 +540,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not make trial 0 the default configuration")
     training_options(p)
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
+    p.add_argument("--tasks", help="only these tasks (comma-separated, wildcards; default: all)")
+    p.add_argument("--models", help="only these models (default: all)")
+    p.add_argument("--sweep", help="only the runs of this sweep id")
+    p.add_argument("--since", help="only runs started since: 2026-11-01, 2026-11-01T08:30, or 12h, 3d back")
+    p.add_argument("--format", default="md,csv,html", help="any of md, csv, html (default: all three)")
+    p.add_argument("--out", help="output directory (default: results/reports)")
+    p.add_argument("--title", default="seqbench leaderboard", help="the report's title")
+    p.add_argument("--results", help=f"results directory (default: ${ENV_RESULTS}, else ./results)")
+    p.add_argument("--tracking-uri",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in results/)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ui", help=cmd_ui.__doc__, description=cmd_ui.__doc__)
+    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--results", help=f"results directory (default: ${ENV_RESULTS}, else ./results)")
+    p.add_argument("--tracking-uri", help="the run store (default: $MLFLOW_TRACKING_URI, else SQLite in results/)")
+    p.set_defaults(func=cmd_ui)
     return parser
 
 

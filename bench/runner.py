@@ -141,6 +141,7 @@ class Runner:
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.env_tags = environment_tags(self.device)
         self._data: OrderedDict[str, tuple[Task, Splits]] = OrderedDict()
+        self.fitting = False  # inside trainer.fit (where an interrupt is safe to raise)
 
     def data(self, config: RunConfig) -> tuple[Task, Splits]:
         """The task and its splits; kept for the next runs that use the same data."""
@@ -312,6 +313,7 @@ class Runner:
             trainable = any(p.requires_grad for p in module.parameters())
             try:
                 if trainable:
+                    self.fitting = True
                     trainer.fit(module, train_loader, val_loader)
             except SystemExit:
                 # Lightning turns Ctrl+C into sys.exit(1) and ignores SIGINT from then on:
@@ -320,6 +322,8 @@ class Runner:
                     signal.signal(signal.SIGINT, signal.default_int_handler)
                     raise KeyboardInterrupt from None
                 raise
+            finally:
+                self.fitting = False
             train_s = time.perf_counter() - t_fit
             if self.listener is not None:
                 self.listener.on_evaluate()

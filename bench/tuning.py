@@ -273,9 +273,9 @@ class Tuner:
         self.listener = listener  # study(name, counted) and trial_done(plan, trial, census, best), e.g. TuneProgress
         self.worker = f"{platform.node()}:{os.getpid()}"
         self.current: int | None = None  # the trial this worker is running
-        # Set by a signal handler (bench tune's, for Ctrl+C and SIGTERM) that also raises
-        # KeyboardInterrupt. The interrupt can be lost (raised inside a destructor, it is
-        # only printed); the flag is not: no new trial starts once it is set.
+        # Set by bench tune's handler of Ctrl+C and SIGTERM, which raises KeyboardInterrupt
+        # only while a trial trains (raised elsewhere, e.g. inside a destructor, it would be
+        # printed and lost): no new trial starts once it is set.
         self.stop_requested = False
 
     # -- the study and its parent run -------------------------------------------------
