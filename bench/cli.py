@@ -409,6 +409,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port",
            str(args.port), "--workers", "1"]
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM, SIGHUP: stop the server too, like Ctrl+C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     results.mkdir(parents=True, exist_ok=True)
     log = results / "mlflow-ui.log"
     with open(log, "w") as log_file:

@@ -14,6 +14,7 @@ import html
 import io
 import math
 import statistics
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,9 @@ def welch_p(a: list[float], b: list[float]) -> float:
 
     if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
         return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nearly equal seeds: "precision loss"
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def boards(runs: list[Run], catalog: dict[str, Any]) -> list[Board]:
@@ -323,7 +326,7 @@ def plots(board: Board, curves: dict[str, list[list[tuple[int, float]]]]) -> dic
         ax.set_title(f"{board.variant}: peak memory")
         fig.tight_layout()
         out["memory"] = _png(fig)
-    if any(curves.values()):
+    if any(curve for seed_curves in curves.values() for curve in seed_curves):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for i, (label, seed_curves) in enumerate(curves.items()):
             for j, curve in enumerate(seed_curves):
