@@ -4,7 +4,8 @@
     python tests/pgcluster.py stop DIR
 
 Uses the server binaries of Debian's ``postgresql`` package (``initdb``, ``pg_ctl``). The
-server refuses to run as root, so as root it runs as the package's ``postgres`` user.
+server refuses to run as root, so as root it runs as the package's ``postgres`` user
+(no runuser or su needed: subprocess switches user itself).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def binaries() -> Path:
@@ -29,10 +31,11 @@ def binaries() -> Path:
                        "package (apt-get install postgresql)")
 
 
-def _as_server_user(cmd: list[str]) -> list[str]:
+def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    """Run a server command; as root, as the postgres user (the server refuses root)."""
     if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *cmd]
-    return cmd
+        kwargs.update(user="postgres", group="postgres", extra_groups=[])
+    return subprocess.run(cmd, **kwargs)
 
 
 def _free_port() -> int:
@@ -51,24 +54,22 @@ def start(directory: Path) -> str:
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres")
         shutil.chown(sock, "postgres")
-    run = dict(check=True, capture_output=True, text=True, timeout=120)
-    subprocess.run(_as_server_user([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                                    "--no-sync"]), **run)
+    run: dict[str, Any] = dict(check=True, capture_output=True, text=True, timeout=120, cwd=directory)
+    _run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"], **run)
     port = _free_port()
     options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
-    subprocess.run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-                                    str(directory / "server.log"), "-w", "-t", "60", "start"]), **run)
+    _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(directory / "server.log"), "-w",
+          "-t", "60", "start"], **run)
     (directory / "port").write_text(str(port))
-    subprocess.run(_as_server_user([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                                    "seqbench"]), **run)
+    _run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "seqbench"], **run)
     return f"postgresql://postgres@127.0.0.1:{port}/seqbench"
 
 
 def stop(directory: Path) -> None:
     data = directory.resolve() / "data"
     if data.is_dir():
-        subprocess.run(_as_server_user([str(binaries() / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True, timeout=60)
+        _run([str(binaries() / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
+             timeout=60, cwd=directory)
 
 
 if __name__ == "__main__":
