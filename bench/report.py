@@ -217,8 +217,9 @@ def table_cells(board: Board) -> tuple[list[str], list[list[str]]]:
 
 TIE_NOTE = (f"Rank: on the mean test {{primary}} over seeds (± is the standard deviation, n the number of seeds). "
             f"'=k' marks a row whose difference to the first row ranked k is within seed-to-seed noise (Welch's "
-            f"t-test on the per-seed values, p ≥ {TIE_P}); it shares that rank. A row with fewer than two seeds, or "
-            "beside one, is ranked by its value alone.")
+            f"t-test on the per-seed values, p ≥ {TIE_P}); it shares that rank. With few seeds the test separates "
+            "only large, steady differences: run more seeds to rank closer rows apart. A row with fewer than two "
+            "seeds, or beside one, is ranked by its value alone.")
 
 
 def markdown(all_boards: list[Board], env: dict[str, list[tuple[str, int]]], title: str) -> str:
