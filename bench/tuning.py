@@ -400,9 +400,9 @@ class Tuner:
     def objective(self, trial: optuna.Trial, plan: StudyPlan, parent: str, n_trials: int) -> float:
         trials = trial.study.get_trials(deepcopy=False)
         retried = retried_numbers(trials)
+        # Trials before this one that count or will (finished, running or queued; not replaced by a retry).
         ahead = [t for t in trials if t.number < trial.number and t.number not in retried
-                 and not t.user_attrs.get("surplus")
-                 and (t.state.is_finished() or t.state in (TrialState.RUNNING, TrialState.WAITING))]
+                 and not t.user_attrs.get("surplus")]
         if len(ahead) >= n_trials:
             trial.set_user_attr("surplus", True)
             raise Surplus(f"the study already has {n_trials} trials")
