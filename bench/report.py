@@ -20,13 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PERF = [  # (metric key, header, format)
-    ("perf/train_samples_per_s", "train samples/s", "{:,.0f}"),
-    ("perf/infer_batch_ms", "infer ms/batch", "{:.2f}"),
-    ("perf/peak_memory_mb", "peak memory MB", "{:,.0f}"),
-    ("model/params", "params", "{:,.0f}"),
-    ("time/total_s", "wall s", "{:.1f}"),
-]
+from bench.summary import PERF_COLUMNS as PERF  # the same speed, memory and size columns as bench run's tables
+
 ENV_TAGS = ["device", "version.torch", "version.lightning", "version.mlflow", "version.python", "version.seqbench",
             "git_commit", "profile", "host"]
 TIE_P = 0.05  # Welch's t-test: a difference with p >= this is within seed-to-seed noise
