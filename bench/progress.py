@@ -74,12 +74,8 @@ class TuneProgress(SweepProgress):
     """A study's trials so far (across every worker), the current trial's run, and one line per
     trial this worker ran."""
 
-    def __init__(self, console: Console, n_trials: int) -> None:
-        super().__init__(console, n_trials)
-        self.n_trials = n_trials
-
     def study(self, name: str, counted: int) -> None:
-        self.progress.update(self.sweep, description=name, total=self.n_trials, completed=counted, info="")
+        self.progress.update(self.sweep, description=name, total=self.total, completed=counted, info="")
 
     def trial_done(self, plan: Any, trial: Any, census: Any, best: Any) -> None:
         from optuna.trial import TrialState
@@ -92,9 +88,8 @@ class TuneProgress(SweepProgress):
         else:
             what = f"[red]failed[/]: {trial.user_attrs.get('failure_reason', 'see its run')}"
         best_text = f"best {best.value:.4g} (trial {best.number})" if best is not None else "no completed trial yet"
-        pruned = sum(t.state == TrialState.PRUNED for t in census.counted)
-        failed = sum(t.state == TrialState.FAIL for t in census.counted)
-        self.console.print(f"[{len(census.counted)}/{self.n_trials}] {plan.name} trial {trial.number}: {what}  · "
+        pruned, failed = census.n(TrialState.PRUNED), census.n(TrialState.FAIL)
+        self.console.print(f"[{len(census.counted)}/{self.total}] {plan.name} trial {trial.number}: {what}  · "
                            f"{best_text} · {pruned} pruned, {failed} failed", highlight=False)
         self.progress.update(self.sweep, completed=len(census.counted),
                              info=f"{best_text}, {pruned} pruned, {failed} failed")
