@@ -17,6 +17,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from bench.cli import main
 from bench.tracking import Tracker, default_tracking_uri
@@ -231,7 +232,9 @@ def finished_trials(storage: str, name: str) -> int:
         return 0
     try:
         study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
+    except KeyError:  # the worker has not created the study yet
+        return 0
+    except SQLAlchemyError:  # ... or is creating its tables right now (a second creator collides)
         return 0
     return len(Census.of(study.get_trials(deepcopy=False)).counted)
 
