@@ -243,6 +243,25 @@ def refusal(name: str, model: dict[str, Any], task: dict[str, Any]) -> str:
     return ""
 
 
+def combine_recipe(task_cls: Any, params: Any, spec: Any, request: Request,
+                   requested: bool) -> tuple[TrainConfig, Budget]:
+    """Training settings and budget of one (model, task) pair, in order of precedence: the
+    defaults and the profile, the task's recipe, the model family's defaults, then --set
+    (``train.*`` only for the models asked for). A baseline that gives the task's output itself
+    keeps its own behaviour: the task's window normalisation is not applied to it."""
+    budget = dataclasses.replace(PROFILES[request.profile], **request.budget_overrides)
+    recipe = task_cls.recipe(params, dataclasses.asdict(budget))
+    task_budget = {k[7:]: v for k, v in recipe.items() if k.startswith("budget.")}
+    budget = dataclasses.replace(PROFILES[request.profile], **{**task_budget, **request.budget_overrides})
+    task_train = {k[6:]: v for k, v in recipe.items() if k.startswith("train.")}
+    if spec.predictor:
+        task_train.pop("window_norm", None)
+    train = TrainConfig(**{**task_train, **spec.train_defaults, **(request.train_overrides if requested else {})})
+    if train.window_norm != "none" and task_cls(params).output.kind != "forecast":
+        raise ValueError(f"train.window_norm={train.window_norm} applies to forecasting tasks only")
+    return train, budget
+
+
 def resolve(request: Request) -> list[RunConfig]:
     """Every run of a request, fully resolved; invalid values raise a one-line BenchError."""
     import models
@@ -259,8 +278,7 @@ def resolve(request: Request) -> list[RunConfig]:
             raise BenchError(f"Invalid hyper-parameters for model {model}: {e}") from None
         try:
             params = task_cls.make_params(**{**task_cls.variants.get(ref.variant, {}), **ref.params})
-            train = TrainConfig(**{**spec.train_defaults, **(request.train_overrides if requested else {})})
-            budget = dataclasses.replace(PROFILES[request.profile], **request.budget_overrides)
+            train, budget = combine_recipe(task_cls, params, spec, request, requested)
         except (ValueError, TypeError) as e:
             raise BenchError(f"Invalid settings for {model} × {ref.label}: {e}") from None
         for seed in request.seeds:

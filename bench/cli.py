@@ -449,6 +449,52 @@ def cmd_ui(args: argparse.Namespace) -> int:
                 os.killpg(server.pid, signal.SIGKILL)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Run the reference experiments and compare them with their published figures."""
+    from bench.catalog import load_catalog
+    from bench.reproduce import load_experiments, markdown, plan, run_all, select, table
+    from tasks.data import resolve_data_dir
+
+    experiments = select(load_experiments(), args.only)
+    if args.list:
+        for e in experiments:
+            console.print(f"[bold]{e.name}[/]: {escape(e.about)}\n  {e.metric} {e.bar} "
+                          f"(published {e.published:g}: {escape(e.source)})", highlight=False)
+        return 0
+    catalog = load_catalog()
+    planned = plan(experiments, catalog)
+    data_dir = resolve_data_dir(args.data_dir)
+    missing = []
+    for exp, configs in planned:
+        from tasks.data import DataFile, ensure
+
+        try:
+            for f in catalog["tasks"][configs[0].task.name]["files"]:
+                ensure(DataFile(**f), data_dir)
+        except BenchError as e:
+            missing.append(f"{exp.name}: {e}")
+    if missing:
+        raise BenchError("Reference experiments lack their data: " + "; ".join(missing))
+    with console.status("Loading torch, Lightning and MLflow…"):
+        from bench.progress import SweepProgress
+        from bench.runner import Runner
+
+        tracker = open_tracker(args)
+    total = sum(len(configs) for _, configs in planned)
+    with SweepProgress(console, total) as progress:
+        runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress, accelerator=args.accelerator,
+                        rerun=args.rerun)
+        outcomes = run_all(planned, runner, progress)
+    console.print(table(outcomes))
+    out = results_dir(args.results) / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reproduce.md").write_text(markdown(outcomes, runner.env_tags["device"]))
+    missed = [o.experiment.name for o in outcomes if not o.passed]
+    console.print(f"{len(outcomes) - len(missed)} of {len(outcomes)} reference experiments reach their published "
+                  f"figure" + (f"; missed: {', '.join(missed)}" if missed else "") + f". Table: {out / 'reproduce.md'}")
+    return 1 if missed else 0
+
+
 def tune_table(outcomes: list[Any], plans: list[Any]) -> Any:
     from rich.table import Table
 
@@ -545,6 +591,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not make trial 0 the default configuration")
     training_options(p)
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("reproduce", help=cmd_reproduce.__doc__, description=cmd_reproduce.__doc__)
+    p.add_argument("--only", help="only these experiments (comma-separated names or wildcards; see --list)")
+    p.add_argument("--list", action="store_true", help="list the reference experiments and their figures")
+    p.add_argument("--rerun", action="store_true",
+                   help="run again experiments recorded earlier with the same configuration, device and code")
+    training_options(p)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     p.add_argument("--tasks", help="only these tasks (comma-separated, wildcards; default: all)")

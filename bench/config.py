@@ -20,20 +20,35 @@ from typing import Any
 from bench.errors import BenchError
 from bench.registry import unknown_message
 
+WINDOW_NORMS = ("none", "standard", "revin", "robust")  # bench.recipe implements them
+SCHEDULES = ("constant", "cosine", "linear")
+
 
 @dataclass
 class TrainConfig:
-    lr: float = 2e-3
-    weight_decay: float = 0.0
+    """The training recipe. Defaults here, then the task's recipe (batch size, window
+    normalisation), then the model family's defaults (its learning rate), then --set."""
+
+    lr: float = 2e-3  # the peak learning rate
+    weight_decay: float = 0.0  # AdamW; on weight matrices only, never on biases, norms or embeddings
     batch_size: int = 64
     eval_batch_size: int = 256  # evaluation only: bigger is faster and changes no metric
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    schedule: str = "cosine"  # after the warm-up: constant, or a cosine or linear decay to 10% at the step budget
+    lr_warmup: float = 0.05  # fraction of the step budget over which the learning rate rises linearly
+    window_norm: str = "none"  # forecasting: none, standard, revin (learnable affine) or robust (median/MAD)
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("lr must be > 0, weight_decay and grad_clip >= 0")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule='{self.schedule}' is invalid: choose from {', '.join(SCHEDULES)}")
+        if not 0 <= self.lr_warmup < 1:
+            raise ValueError(f"lr_warmup={self.lr_warmup} is invalid: it is a fraction of the steps, in [0, 1)")
+        if self.window_norm not in WINDOW_NORMS:
+            raise ValueError(f"window_norm='{self.window_norm}' is invalid: choose from {', '.join(WINDOW_NORMS)}")
 
 
 @dataclass(frozen=True)
@@ -45,27 +60,30 @@ class Budget:
     max_time_s: float  # training wall time (evaluation of the best checkpoint comes after)
     patience: int  # validations without improvement of the primary metric before stopping
     val_every_steps: int  # validate every this many optimizer steps, across epoch boundaries
-    warmup_steps: int  # first steps left out of the throughput measurement
+    meter_warmup_steps: int  # first steps left out of the throughput measurement (not the learning rate's)
 
     def __post_init__(self) -> None:
         if min(self.max_steps, self.max_epochs, self.patience, self.val_every_steps) < 1:
             raise ValueError("max_steps, max_epochs, patience and val_every_steps must be >= 1")
-        if self.max_time_s <= 0 or self.warmup_steps < 0:
-            raise ValueError("max_time_s must be > 0 and warmup_steps >= 0")
+        if self.max_time_s <= 0 or self.meter_warmup_steps < 0:
+            raise ValueError("max_time_s must be > 0 and meter_warmup_steps >= 0")
 
 
 PROFILES: dict[str, Budget] = {
+    # Step and epoch limits end every run; the time limit is only a guard against a run that
+    # hangs or a machine far slower than planned. So a busy machine makes a sweep slower, not
+    # its numbers different, and a run that does stop on time is marked as such.
     # Seconds per run: for tests and smoke checks; the numbers mean nothing.
-    "tiny": Budget(max_steps=8, max_epochs=2, max_time_s=60, patience=2, val_every_steps=4, warmup_steps=2),
-    # A whole `--tasks all` sweep in minutes on a 2-core CPU.
-    "quick": Budget(max_steps=400, max_epochs=1000, max_time_s=45, patience=4, val_every_steps=50, warmup_steps=10),
-    # Enough for the small models to approach convergence on most tasks; about an hour for
-    # three neural models and the baselines on six real tasks on a 2-core CPU.
-    "standard": Budget(max_steps=2000, max_epochs=1000, max_time_s=300, patience=6, val_every_steps=100,
-                       warmup_steps=20),
+    "tiny": Budget(max_steps=8, max_epochs=2, max_time_s=120, patience=2, val_every_steps=4, meter_warmup_steps=2),
+    # A whole `--tasks all` sweep in minutes on a 2-core CPU: rough numbers.
+    "quick": Budget(max_steps=200, max_epochs=1000, max_time_s=900, patience=4, val_every_steps=50,
+                    meter_warmup_steps=10),
+    # Enough for the small models to approach convergence on the forecasting and small text tasks.
+    "standard": Budget(max_steps=2000, max_epochs=1000, max_time_s=3600, patience=6, val_every_steps=100,
+                       meter_warmup_steps=20),
     # Each task's full protocol: long runs, stopped by early stopping.
-    "full": Budget(max_steps=100_000, max_epochs=10_000, max_time_s=6 * 3600, patience=15, val_every_steps=500,
-                   warmup_steps=50),
+    "full": Budget(max_steps=100_000, max_epochs=10_000, max_time_s=12 * 3600, patience=15, val_every_steps=500,
+                   meter_warmup_steps=50),
 }
 
 
@@ -151,6 +169,13 @@ class TaskRef:
         return ":".join(parts + [f"{k}={v}" for k, v in sorted(self.params.items())])
 
 
+def configuration_id(flat: dict[str, Any]) -> str:
+    """A hash of a flat configuration without its seed (MLflow params, as strings, give
+    the same id as the values they were written from)."""
+    blob = json.dumps({k: str(v) for k, v in flat.items() if k != "seed"}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class RunConfig:
     model: str
@@ -180,8 +205,14 @@ class RunConfig:
 
     @property
     def config_hash(self) -> str:
+        """Identifies the run's configuration, seed included."""
         blob = json.dumps(self.flat(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def config_id(self) -> str:
+        """Identifies the configuration across seeds: one leaderboard row."""
+        return configuration_id(self.flat())
 
     @property
     def label(self) -> str:

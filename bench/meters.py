@@ -2,7 +2,7 @@
 
 - Training throughput in steady state: time from the start to the end of each training
   batch (forward, backward, optimizer step; the GPU synchronised at both ends), the
-  first ``warmup_steps`` left out. Samples/s and real (unpadded) time steps/s.
+  first ``meter_warmup_steps`` left out. Samples/s and real (unpadded) time steps/s.
 - Inference latency: the median wall time of a forward pass over one evaluation batch.
 - Peak memory of the run: on GPU the peak allocated memory; on CPU the peak resident
   set size of the process sampled in a background thread, minus the size when the run
@@ -30,8 +30,8 @@ def _sync(device: torch.device) -> None:
 
 
 class Throughput(L.Callback):
-    def __init__(self, warmup_steps: int, tokens_of: Any) -> None:
-        self.warmup_steps = warmup_steps
+    def __init__(self, meter_warmup_steps: int, tokens_of: Any) -> None:
+        self.meter_warmup_steps = meter_warmup_steps
         self.tokens_of = tokens_of
         self.seconds = 0.0
         self.samples = 0
@@ -46,7 +46,7 @@ class Throughput(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, out: Any, batch: Any, i: int) -> None:
         _sync(module.device)
         dt = time.perf_counter() - self._t0
-        if trainer.global_step > self.warmup_steps:
+        if trainer.global_step > self.meter_warmup_steps:
             self.seconds += dt
             self.samples += len(batch["y"])
             self.tokens += self.tokens_of(batch)

@@ -1,8 +1,9 @@
 """The one LightningModule that trains every (model, task) pair.
 
 It joins a backbone to the head that the task's output needs and owns only the
-training concerns: optimisation, a finite-loss check, and exact split metrics from the
-task's additive statistics.
+training concerns: the recipe (per-window normalisation of forecasting inputs, parameter
+groups, the learning-rate schedule; see ``bench.recipe``), a finite-loss check, and exact
+split metrics from the task's additive statistics.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import lightning as L
 import torch
 from torch import nn
 
+from bench.recipe import WindowNorm, optimizer_and_schedule
 from tasks.registry import Batch, OutputSpec, Task
+
+# Each validation during training is recorded under this prefix (a learning curve);
+# ``val/<metric>`` is kept for the best checkpoint's values alone.
+CURVE = "val_curve/"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,13 +49,21 @@ class Head(nn.Module):
 
 
 class SeqModule(L.LightningModule):
-    def __init__(self, backbone: nn.Module, task: Task, train: dict[str, Any], predictor: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, task: Task, train: dict[str, Any], predictor: bool = False,
+                 total_steps: int = 1) -> None:
         super().__init__()
         self.backbone = backbone
         # A predictor (a baseline) gives the task's output itself; a backbone needs a head.
         self.head = None if predictor else Head(task.output, backbone.step_dim, backbone.summary_dim)
+        # Forecasting: the model sees each window normalised and predicts in that space; its
+        # output is mapped back before the loss and the metrics.
+        norm = train.get("window_norm", "none")
+        if norm != "none" and task.output.kind != "forecast":
+            raise ValueError(f"window_norm={norm} applies to forecasting tasks only")
+        self.window_norm = WindowNorm(norm, task.output.shape[-1]) if norm != "none" else None
         self.task = task
         self.train_cfg = train
+        self.total_steps = total_steps  # the step budget the learning-rate schedule spans
         self.stats: dict[str, torch.Tensor] = {}
         self.results: dict[str, dict[str, float]] = {}  # last computed metrics per stage
         self.last_stats: dict[str, dict[str, torch.Tensor]] = {}  # their summed statistics
@@ -57,6 +71,12 @@ class SeqModule(L.LightningModule):
         self._loss_sum, self._loss_n = 0.0, 0
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.window_norm is not None:
+            z, stats = self.window_norm.normalise(x)  # x (B, L, C)
+            return self.window_norm.denormalise(self._predict(z, mask), stats)  # (B, H, C)
+        return self._predict(x, mask)
+
+    def _predict(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.head is None:
             return self.backbone(x, mask)
         steps, summary = self.backbone(x, mask)
@@ -93,16 +113,15 @@ class SeqModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         metrics = self._eval_end("val")
         if self.trainer.state.fn == "fit":
-            record = {f"val/{k}": v for k, v in metrics.items()}
+            record = {f"{CURVE}{k}": v for k, v in metrics.items()}
             if self._loss_n:
                 record["train/loss"] = self._loss_sum / self._loss_n
                 self._loss_sum, self._loss_n = 0.0, 0
+            record["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
             self.history.append((self.global_step, record))
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.parameters(), lr=self.train_cfg["lr"], weight_decay=self.train_cfg["weight_decay"]
-        )
+    def configure_optimizers(self) -> dict[str, Any]:
+        return optimizer_and_schedule(self, self.train_cfg, self.total_steps)

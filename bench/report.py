@@ -3,8 +3,10 @@ self-contained HTML file (tables, plots and the runs' own figures, all inline).
 
 Reads any tracking URI (the embedded SQLite store by default, or a server). Tuning trials
 and study runs are left out: a leaderboard compares runs scored on the test split.
-Rows are models (a tuned configuration is its own row), aggregated over seeds; when a
-model was run several times with one seed, the latest run counts. Torch-free.
+A row is one configuration (model, resolved hyper-parameters, training settings and
+budget), aggregated over seeds, never an average of several configurations: two
+configurations of one model are two rows, labelled by the settings that differ. When a
+configuration was run several times with one seed, the latest run counts. Torch-free.
 """
 
 from __future__ import annotations
@@ -38,11 +40,25 @@ class Run:
     start_time: int
     metrics: dict[str, float]
     tags: dict[str, str]
+    params: dict[str, str] = field(default_factory=dict)
 
     @property
     def row(self) -> str:
-        """The leaderboard row this run belongs to."""
+        """The model's name in a leaderboard (before the settings that tell its rows apart)."""
         return f"{self.model} (tuned)" if self.tags.get("tuned.study") else self.model
+
+    @property
+    def config_id(self) -> str:
+        """The configuration this run is a seed of (its resolved settings, seed left out)."""
+        from bench.config import configuration_id
+
+        if self.params:
+            return configuration_id(self.params)
+        return self.tags.get("config_id", "")  # a run recorded without its configuration
+
+    @property
+    def time_limited(self) -> bool:
+        return self.tags.get("stop_reason") == "max_time"
 
 
 @dataclass
@@ -114,7 +130,7 @@ def load_runs(client: Any, tasks: list[str] | None = None, models: list[str] | N
             continue
         out.append(Run(r.info.run_id, experiments[r.info.experiment_id], tags.get("task_variant", tags.get("task", "")),
                        tags["model"], tags.get("seed", "?"), r.info.status, r.info.start_time or 0,
-                       dict(r.data.metrics), dict(tags)))
+                       dict(r.data.metrics), dict(tags), dict(r.data.params)))
     return out
 
 
@@ -144,13 +160,13 @@ def boards(runs: list[Run], catalog: dict[str, Any]) -> list[Board]:
         primary = info.get("primary_metric") or group[0].tags.get("primary_metric", "")
         higher = bool(info.get("higher_is_better", True))
         finished = [r for r in group if r.status == "FINISHED"]
-        latest: dict[tuple[str, str], Run] = {}
+        latest: dict[tuple[str, str, str], Run] = {}
         for r in sorted(finished, key=lambda r: r.start_time):
-            latest[(r.row, r.seed)] = r  # a configuration run again: the latest run counts
-        rows_by: dict[str, list[Run]] = defaultdict(list)
-        for (label, _), r in sorted(latest.items()):
-            rows_by[label].append(r)
-        rows = [Row(label, rs) for label, rs in rows_by.items()]
+            latest[(r.row, r.config_id, r.seed)] = r  # a configuration run again: the latest run counts
+        rows_by: dict[tuple[str, str], list[Run]] = defaultdict(list)
+        for (label, config_id, _), r in sorted(latest.items()):
+            rows_by[(label, config_id)].append(r)
+        rows = [Row(label, rs) for label, rs in row_labels(rows_by).items()]
         key = f"test/{primary}"
         rows.sort(key=lambda row: (math.isnan(row.mean(key)),
                                    -row.mean(key) if higher else row.mean(key), row.label))
@@ -168,6 +184,43 @@ def boards(runs: list[Run], catalog: dict[str, Any]) -> list[Board]:
         failed = [r for r in group if r.status in ("FAILED", "KILLED")]
         out.append(Board(variant, task, primary, higher, [primary, *others], rows, failed, references))
     return out
+
+
+SHOWN_DIFFERENCES = 4  # settings named in a row's label; more are summed up as "+N more"
+
+
+def row_labels(rows_by: dict[tuple[str, str], list[Run]]) -> dict[str, list[Run]]:
+    """Rows by label. A model with one configuration on a board is its name; a model with
+    several gets, on each row, the settings in which its configurations differ:
+    ``lstm (profile=standard, train.lr=0.001)``."""
+    configs_of: dict[str, list[str]] = defaultdict(list)
+    for label, config_id in rows_by:
+        configs_of[label].append(config_id)
+    out: dict[str, list[Run]] = {}
+    for (label, config_id), runs in rows_by.items():
+        if len(configs_of[label]) == 1:
+            out[label] = runs
+            continue
+        params = [rows_by[(label, c)][0].params for c in configs_of[label]]
+        keys = {k for p in params for k in p if k != "seed" and len({q.get(k, "–") for q in params}) > 1}
+        if "profile" in keys:  # budget settings follow from the profile: naming it says them
+            keys = {k for k in keys if not k.startswith("budget.")}
+        order = ("profile", "model.", "train.", "task.", "budget.")
+        keys = sorted(keys, key=lambda k: (next((i for i, o in enumerate(order) if k.startswith(o)), 9), k))
+        own = runs[0].params
+        shown = [f"{k}={own.get(k, '–')}" for k in keys[:SHOWN_DIFFERENCES]]
+        if len(keys) > SHOWN_DIFFERENCES:
+            shown.append(f"+{len(keys) - SHOWN_DIFFERENCES} more")
+        name = f"{label} ({', '.join(shown)})" if shown else f"{label} [{config_id}]"
+        out[name if name not in out else f"{name} [{config_id}]"] = runs
+    return out
+
+
+def stop_note(row: Row) -> str:
+    """Says which seeds stopped on the time limit (the guard) rather than their step budget:
+    such a row trained for as long as the machine allowed, not for its budget."""
+    seeds = [r.seed for r in row.runs if r.time_limited]
+    return f"time limit hit (seed {', '.join(seeds)})" if seeds else ""
 
 
 def average_ranks(all_boards: list[Board]) -> list[tuple[str, float, int]]:
@@ -199,14 +252,14 @@ def fmt(row: Row, key: str, pattern: str = "{:.4g}", std_pattern: str = "{:.2g}"
 
 def table_cells(board: Board) -> tuple[list[str], list[list[str]]]:
     header = ["rank", "model", "n"] + [f"{m} {board.arrow}" if m == board.primary else m for m in board.metrics]
-    header += [h for _, h, _ in PERF]
+    header += [h for _, h, _ in PERF] + ["notes"]
     body = []
     for row in board.rows:
         rank = f"={row.rank}" if row.tied else str(row.rank)
         cells = [rank, row.label, str(len(row.runs))]
         cells += [fmt(row, f"test/{m}") for m in board.metrics]
         cells += [fmt(row, k, p, p) for k, _, p in PERF]
-        body.append(cells)
+        body.append(cells + [stop_note(row)])
     return header, body
 
 
@@ -252,7 +305,8 @@ def frames(all_boards: list[Board]) -> tuple[Any, Any]:
         for row in b.rows:
             rec: dict[str, Any] = {"task": b.variant, "model": row.label, "rank": row.rank, "tied": row.tied,
                                    "p_vs_rank_leader": row.p_value, "n": len(row.runs), "primary_metric": b.primary,
-                                   "higher_is_better": b.higher_is_better}
+                                   "higher_is_better": b.higher_is_better, "config_id": row.runs[0].config_id,
+                                   "time_limited_runs": sum(r.time_limited for r in row.runs)}
             for m in b.metrics:
                 rec[f"test/{m}_mean"], rec[f"test/{m}_std"] = row.mean(f"test/{m}"), row.std(f"test/{m}")
             for k, _, _ in PERF:
@@ -260,7 +314,9 @@ def frames(all_boards: list[Board]) -> tuple[Any, Any]:
             board_rows.append(rec)
             for r in row.runs:
                 run_rows.append({"task": b.variant, "model": row.label, "seed": r.seed, "run_id": r.run_id,
-                                 "status": r.status, **{k: v for k, v in sorted(r.metrics.items())}})
+                                 "status": r.status, "config_id": r.config_id,
+                                 "stop_reason": r.tags.get("stop_reason", ""),
+                                 **{k: v for k, v in sorted(r.metrics.items())}})
         for r in b.failed:
             run_rows.append({"task": b.variant, "model": r.row, "seed": r.seed, "run_id": r.run_id,
                              "status": r.status, "failure_reason": r.tags.get("failure_reason", "")})
@@ -407,11 +463,13 @@ def html_report(all_boards: list[Board], env: dict[str, list[tuple[str, int]]], 
 
 
 def gather_curves(client: Any, board: Board) -> dict[str, list[list[tuple[int, float]]]]:
-    key = f"val/{board.primary}"
+    """Each run's validation curve of the primary metric (``val_curve/…``, one point per
+    validation during training)."""
+    key = f"val_curve/{board.primary}"
     out: dict[str, list[list[tuple[int, float]]]] = {}
     for row in board.rows:
         out[row.label] = [[(m.step, m.value) for m in sorted(client.get_metric_history(r.run_id, key),
-                                                             key=lambda m: m.step) if m.step > 0]
+                                                             key=lambda m: m.step)]
                           for r in row.runs]
     return out
 

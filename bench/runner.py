@@ -9,6 +9,8 @@ reason, and the sweep goes on.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import logging
 import math
@@ -35,7 +37,7 @@ import models
 import tasks
 from bench.config import RunConfig
 from bench.meters import PeakMemory, Throughput, inference_latency
-from bench.module import SeqModule
+from bench.module import CURVE, SeqModule
 from bench.tracking import Tracker
 from tasks.registry import Splits, Task
 
@@ -69,6 +71,7 @@ class RunResult:
     primary_metric: str = ""
     higher_is_better: bool = True
     wall_s: float = 0.0
+    stop_reason: str = ""  # why training ended: max_steps, early stopping, max_time (the guard), ...
 
 
 def git_commit() -> str:
@@ -99,6 +102,28 @@ def environment_tags(device: torch.device) -> dict[str, str]:
         "git_commit": git_commit(),
         "host": platform.node(),
     }
+
+
+def device_kind(device: torch.device) -> str:
+    """What a run's speed depends on: 'cpu', or the GPU's name."""
+    return f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
+
+
+def code_version(model: str, task: str) -> str:
+    """A hash of the source files a (model, task) run's numbers depend on: the model's
+    family file and the shared model code, the task's files (its class and base classes),
+    and the training module and recipe. Editing any of them makes earlier runs of the pair
+    no longer count as "recorded earlier"."""
+    spec = models.get_model(model)
+    task_cls = tasks.get_task(task)
+    files = {Path(inspect.getfile(spec.build)), ROOT / "models" / "registry.py", ROOT / "models" / "layers.py",
+             ROOT / "tasks" / "registry.py", ROOT / "bench" / "module.py", ROOT / "bench" / "recipe.py"}
+    files |= {Path(inspect.getfile(c)) for c in inspect.getmro(task_cls) if c.__module__.startswith("tasks.")}
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def failure_reason(e: BaseException) -> str:
@@ -140,6 +165,7 @@ class Runner:
         use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.env_tags = environment_tags(self.device)
+        self.device_kind = device_kind(self.device)
         self._data: OrderedDict[str, tuple[Task, Splits]] = OrderedDict()
         self.fitting = False  # inside trainer.fit (where an interrupt is safe to raise)
 
@@ -176,12 +202,15 @@ class Runner:
         result = RunResult(config, "finished", primary_metric=task_cls.primary_metric,
                            higher_is_better=task_cls.higher_is_better)
         kind = (tags or {}).get("kind", "run")
+        code = code_version(config.model, config.task.name)
+        cache_key = hashlib.sha256(f"{config.config_hash} {self.device_kind} {code}".encode()).hexdigest()[:16]
         if not self.rerun and kind == "run":
-            done = self.tracker.find_finished(config.task.name, config.config_hash)
-            if done is not None:
+            done = self.tracker.find_finished(config.task.name, cache_key)
+            if done is not None:  # the same configuration, on the same kind of device, with the same code
                 result.status, result.run_id, result.metrics = "cached", done.info.run_id, dict(done.data.metrics)
                 result.references = {k.split(".", 1)[1]: float(v) for k, v in done.data.tags.items()
                                      if k.startswith("reference.")}
+                result.stop_reason = done.data.tags.get("stop_reason", "")
                 return result
         reason = self._incompatibility(config)
         if reason:
@@ -197,6 +226,10 @@ class Runner:
             "profile": config.profile,
             "sweep_id": self.sweep_id,
             "config_hash": config.config_hash,
+            "config_id": config.config_id,
+            "cache_key": cache_key,
+            "code_version": code,
+            "device_kind": self.device_kind,
             "kind": kind,
             **(tags or {}),
         }
@@ -208,7 +241,7 @@ class Runner:
                 metrics, history, stop, references, figures = self._train_and_test(config, callbacks, evaluate_test)
             metrics.update(memory.metrics())
             metrics["time/total_s"] = time.perf_counter() - t0
-            result.metrics, result.references = metrics, references
+            result.metrics, result.references, result.stop_reason = metrics, references, stop
             self._log_figures(result.run_id, figures)
             self.tracker.log_history(result.run_id, history)
             self.tracker.log_metrics(result.run_id, metrics)
@@ -267,7 +300,6 @@ class Runner:
         task, splits = self.data(config)
         spec = models.get_model(config.model)
         net = self._build(config, task, splits)
-        module = SeqModule(net, task, train, predictor=spec.predictor)
 
         def loader(split: Any, shuffle: bool, batch_size: int) -> DataLoader:
             generator = torch.Generator().manual_seed(config.seed) if shuffle else None
@@ -279,13 +311,15 @@ class Runner:
         val_loader = loader(splits.val, False, train["eval_batch_size"])
         test_loader = loader(splits.test, False, train["eval_batch_size"])
         steps_per_epoch = len(train_loader)
+        total_steps = min(budget["max_steps"], budget["max_epochs"] * steps_per_epoch)
+        module = SeqModule(net, task, train, predictor=spec.predictor, total_steps=total_steps)
         monitor = f"val/{task.primary_metric}"
         mode = "max" if task.higher_is_better else "min"
-        throughput = Throughput(budget["warmup_steps"], task.tokens)
+        throughput = Throughput(budget["meter_warmup_steps"], task.tokens)
         early = EarlyStopping(monitor, mode=mode, patience=budget["patience"])
         callbacks: list[L.Callback] = [throughput, early, *extra]
         if self.listener is not None:
-            self.listener.on_start(config, min(budget["max_steps"], budget["max_epochs"] * steps_per_epoch))
+            self.listener.on_start(config, total_steps)
             callbacks.append(_Progress(self.listener))
 
         with tempfile.TemporaryDirectory(prefix="seqbench-ckpt-") as ckpt_dir:
@@ -355,7 +389,7 @@ class Runner:
             "model/params": sum(p.numel() for p in module.parameters()),
             "train/steps": trainer.global_step,
             "train/epochs": trainer.global_step / max(steps_per_epoch, 1),
-            "train/best_step": _best_step(module.history, monitor, mode),
+            "train/best_step": _best_step(module.history, CURVE + task.primary_metric, mode),
             "time/train_s": train_s,
         })
         module.eval()

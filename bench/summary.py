@@ -57,6 +57,9 @@ def task_tables(results: list[Any]) -> list[Table]:
             cells += [fmt([r.metrics.get(f"test/{m}", math.nan) for r in ok]) for m in metric_names]
             cells += [fmt([r.metrics.get(k, math.nan) for r in ok], p, p) for k, _, p in PERF_COLUMNS]
             note = "; ".join(f"seed {r.config.seed} {r.status}: {r.reason}" for r in failed)
+            timed = [str(r.config.seed) for r in ok if r.stop_reason == "max_time"]
+            if timed:  # trained as long as the machine allowed, not for its step budget
+                note = (note + "; " if note else "") + f"time limit hit (seed {', '.join(timed)})"
             if any(r.status == "cached" for r in ok):
                 note = (note + "; " if note else "") + "recorded earlier"
             rows.append((math.isnan(score), -score if higher else score, cells + [note]))

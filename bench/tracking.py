@@ -59,12 +59,13 @@ class Tracker:
             self._experiments[name] = exp_id
         return self._experiments[name]
 
-    def find_finished(self, task: str, config_hash: str) -> Any | None:
-        """A finished run of exactly this configuration, if one was recorded (tuning trials,
-        which skip the test split, do not count)."""
+    def find_finished(self, task: str, cache_key: str) -> Any | None:
+        """A finished run with this cache key (the configuration, the kind of device and the
+        version of the code: see ``Runner.run``), if one was recorded (tuning trials, which
+        skip the test split, do not count)."""
         runs = self.client.search_runs(
             [self.experiment_id(task)],
-            filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+            filter_string=f"tags.cache_key = '{cache_key}' and attributes.status = 'FINISHED'",
             max_results=50,
         )
         return next((r for r in runs if r.data.tags.get("kind", "run") == "run"), None)

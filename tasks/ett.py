@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from tasks.data import DataFile, ensure
 from tasks.plots import forecast_figure
-from tasks.registry import Batch, OutputSpec, Splits, Task, register_task
+from tasks.registry import WINDOW_NORM, Batch, OutputSpec, Splits, Task, register_task
 
 COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 HOURS_PER_MONTH = 30 * 24
@@ -78,6 +78,14 @@ class ETTTask(Task):
     }
     primary_metric = "mse"
     higher_is_better = False
+
+    @classmethod
+    def recipe(cls, params: Any, budget: dict[str, Any]) -> dict[str, Any]:
+        # batch 32: the Informer/DLinear protocol's.
+        recipe: dict[str, Any] = {"train.batch_size": 32, "train.window_norm": WINDOW_NORM}
+        if cls.rows_per_hour > 1:  # ETTm validates on 11,520 windows: half as often
+            recipe["budget.val_every_steps"] = 2 * budget["val_every_steps"]
+        return recipe
 
     def files(self) -> list[DataFile]:
         return [self.file]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from tasks.data import DataFile, ensure
 from tasks.plots import forecast_figure
-from tasks.registry import Batch, OutputSpec, Splits, Task, TensorSplit, register_task
+from tasks.registry import WINDOW_NORM, Batch, OutputSpec, Splits, Task, TensorSplit, register_task
 
 
 @dataclass
@@ -41,9 +41,14 @@ class SeriesTask(Task):
     val_len: ClassVar[int]
     test_len: ClassVar[int]
     lookbacks: ClassVar[tuple[int, ...]]  # look-backs tried when tuning
+    batch_size: ClassVar[int] = 64  # windows per step; a short series gets smaller batches, so more steps an epoch
     Params = SeriesParams
     primary_metric = "mase"
     higher_is_better = False
+
+    @classmethod
+    def recipe(cls, params: Any, budget: dict[str, Any]) -> dict[str, Any]:
+        return {"train.batch_size": cls.batch_size, "train.window_norm": WINDOW_NORM}
 
     def files(self) -> list[DataFile]:
         return [self.file]
@@ -158,6 +163,7 @@ class Airline(SeriesTask):
     val_len = 12
     test_len = 12
     lookbacks = (12, 24, 36, 48)
+    batch_size = 16  # 85 training windows: 6 steps an epoch
 
 
 @dataclass

@@ -28,6 +28,11 @@ from tasks.data import DataFile, resolve_data_dir
 
 Batch = dict[str, torch.Tensor]  # always has "x" (B, T[, F]), "mask" (B, T) bool and "y"
 
+# The forecasting tasks' recipe: every neural forecaster sees each input window normalised
+# per channel and predicts in that space (bench.recipe.WindowNorm), so a series that drifts
+# past its training range stays in range for the model. Baselines keep their own behaviour.
+WINDOW_NORM = "standard"
+
 
 @dataclass(frozen=True)
 class OutputSpec:
@@ -138,6 +143,13 @@ class Task(ABC):
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         return dataclasses.asdict(cls.Params())
+
+    @classmethod
+    def recipe(cls, params: Any, budget: dict[str, Any]) -> dict[str, Any]:
+        """Training settings that suit this task's data, by setting: ``{"train.batch_size": 16,
+        "budget.val_every_steps": 50}``. They apply over the defaults and the budget profile
+        (``budget``, as resolved); a model family's own defaults and ``--set`` apply over them."""
+        return {}
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:

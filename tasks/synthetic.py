@@ -17,6 +17,14 @@ from tasks.registry import Batch, OutputSpec, Splits, Task, TensorSplit, registe
 VAL_SEED, TEST_SEED = 1_000_003, 2_000_003  # fixed: held-out sets never change with the run seed
 
 
+def training_seed(seed: int) -> int:
+    """The run's seed, which draws the training set: never one of the held-out sets' seeds."""
+    if seed in (VAL_SEED, TEST_SEED):
+        raise ValueError(f"seed {seed} draws this task's {'validation' if seed == VAL_SEED else 'test'} set; "
+                         "choose another seed")
+    return seed
+
+
 def _check_positive(**values: int) -> None:
     for k, v in values.items():
         if v < 1:
@@ -75,7 +83,7 @@ class Copy(Task):
     def setup(self) -> Splits:
         p = self.params
         return Splits(
-            train=self.generate(p.n_train, self.seed),
+            train=self.generate(p.n_train, training_seed(self.seed)),
             val=self.generate(p.n_val, VAL_SEED),
             test=self.generate(p.n_test, TEST_SEED),
             vocab_size=p.alphabet + 2,
@@ -169,7 +177,7 @@ class Adding(Task):
     def setup(self) -> Splits:
         p = self.params
         return Splits(
-            train=self.generate(p.n_train, self.seed),
+            train=self.generate(p.n_train, training_seed(self.seed)),
             val=self.generate(p.n_val, VAL_SEED),
             test=self.generate(p.n_test, TEST_SEED),
             n_features=2,

@@ -1,7 +1,12 @@
 """Text classification: one label per document, read as a sequence of word ids.
 
-The vocabulary is fitted on the training split only (capped, with an unknown token);
-evaluation keeps every sample, in file order.
+Splits are leak-free: a split carved from a file is carved by distinct text, so copies of
+one document never straddle two splits; a training document whose text is also in the
+validation or test split is dropped from training, and a validation document that is also
+in the test split is dropped from validation (an official test set is always kept whole).
+SST-2 adds its own rule for its phrases (see ``SST2``). The vocabulary is fitted on the
+training split only (capped, with an unknown token); evaluation keeps every sample, in
+file order.
 """
 
 from __future__ import annotations
@@ -65,6 +70,22 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: i
     return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
 
 
+def grouped_split(keys: list[str], labels: np.ndarray, fractions: tuple[float, float],
+                  seed: int) -> dict[str, np.ndarray]:
+    """``stratified_split`` over distinct keys: every row with the same key (the same text)
+    lands in the same split, with the label of the key's first row for stratification."""
+    first: dict[str, int] = {}
+    group = np.empty(len(keys), dtype=np.int64)
+    group_labels = []
+    for i, k in enumerate(keys):
+        if k not in first:
+            first[k] = len(group_labels)
+            group_labels.append(labels[i])
+        group[i] = first[k]
+    parts = stratified_split(np.asarray(group_labels), fractions, seed)
+    return {name: np.flatnonzero(np.isin(group, ids)) for name, ids in parts.items()}
+
+
 @dataclass
 class TextParams:
     max_len: int = 64  # tokens kept per document (the rest is truncated)
@@ -113,21 +134,51 @@ class TextClassificationTask(Task):
         """(texts, labels) of one file."""
         raise NotImplementedError
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dropped = {"train": 0, "val": 0}  # documents left out of a split to keep it leak-free
+        self._keys: dict[str, str] = {}
+
     def load(self) -> dict[str, tuple[list[str], np.ndarray]]:
-        """Raw (texts, labels) per split."""
-        return self.carve_validation(*self.read(self.train_file), test=self.read(self.test_file))
+        """Raw (texts, labels) per split, leak-free."""
+        self.dropped = {"train": 0, "val": 0}
+        return self.separate(self.carve_validation(*self.read(self.train_file), test=self.read(self.test_file)))
 
     def clean(self, text: str) -> str:
         """Source-specific clean-up before tokenizing (markup, escape leftovers)."""
         return text
 
+    def text_key(self, text: str) -> str:
+        """What makes two documents the same: the tokens the model reads (so two tweets that
+        differ only in their link are one text)."""
+        key = self._keys.get(text)
+        if key is None:
+            key = self._keys[text] = " ".join(tokenize(self.clean(text)))
+        return key
+
     def carve_validation(
         self, texts: list[str], labels: np.ndarray, test: tuple[list[str], np.ndarray]
     ) -> dict[str, tuple[list[str], np.ndarray]]:
-        """Train/validation from the training file (stratified, fixed by split_seed); test as given."""
-        idx = stratified_split(labels, (self.params.val_fraction, 0.0), self.params.split_seed)
+        """Train/validation from the training file (stratified by distinct text, fixed by
+        split_seed); test as given."""
+        idx = grouped_split([self.text_key(t) for t in texts], labels, (self.params.val_fraction, 0.0),
+                            self.params.split_seed)
         out = {k: ([texts[i] for i in idx[k]], labels[idx[k]]) for k in ("train", "val")}
         return {**out, "test": test}
+
+    def separate(self, raw: dict[str, tuple[list[str], np.ndarray]]) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Drop training documents whose text is in validation or test, and validation
+        documents whose text is in test; ``self.dropped`` counts them."""
+        test_keys = {self.text_key(t) for t in raw["test"][0]}
+        val_keys = {self.text_key(t) for t in raw["val"][0]}
+        out = dict(raw)
+        for name, elsewhere in (("val", test_keys), ("train", test_keys | val_keys)):
+            texts, labels = out[name]
+            keep = [i for i, t in enumerate(texts) if self.text_key(t) not in elsewhere]
+            self.dropped[name] += len(texts) - len(keep)
+            out[name] = ([texts[i] for i in keep], labels[np.asarray(keep, dtype=np.int64)])
+        self._keys = {}  # only needed while splitting
+        return out
 
     def setup(self) -> Splits:
         raw = self.load()
@@ -199,14 +250,29 @@ class Tweets(TextClassificationTask):
         df = pd.read_csv(ensure(self.file, self.data_dir))
         texts, labels = df["text"].astype(str).tolist(), df["target"].to_numpy(dtype=np.int64)
         p = self.params
-        idx = stratified_split(labels, (p.val_fraction, p.test_fraction), p.split_seed)
-        return {k: ([texts[i] for i in rows], labels[rows]) for k, rows in idx.items()}
+        # By distinct text: the file repeats some tweets (a few with both labels).
+        self.dropped = {"train": 0, "val": 0}
+        idx = grouped_split([self.text_key(t) for t in texts], labels, (p.val_fraction, p.test_fraction),
+                            p.split_seed)
+        return self.separate({k: ([texts[i] for i in rows], labels[rows]) for k, rows in idx.items()})
+
+
+def ngrams(phrase: str) -> set[str]:
+    """Every contiguous run of words of a space-tokenized phrase, the phrase included."""
+    words = phrase.split()
+    return {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, len(words) + 1)}
 
 
 @register_task
 class SST2(TextClassificationTask):
-    """GLUE SST-2 sentiment: the GLUE train file (phrases) with validation carved from it, and
-    the GLUE dev set as the test set (GLUE's test labels are hidden)."""
+    """GLUE SST-2 sentiment: the GLUE train file with validation carved from it, and the
+    GLUE dev set as the test set (GLUE's test labels are hidden).
+
+    GLUE's training file holds every phrase of every training sentence's parse tree, so a
+    random carve of its rows puts phrases in validation whose words, and often whose
+    sentence, training has seen. Validation is therefore made of whole sentences (the
+    phrases no other phrase contains), and every training phrase that occurs inside a
+    validation sentence is dropped from training."""
 
     name = "sst2"
     description = "SST-2 sentiment (GLUE): 67k training phrases; the 872-sentence dev set is the test set"
@@ -230,6 +296,33 @@ class SST2(TextClassificationTask):
     def read(self, file: DataFile) -> tuple[list[str], np.ndarray]:
         df = pd.read_csv(ensure(file, self.data_dir), sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
         return df["sentence"].str.strip().tolist(), df["label"].to_numpy(dtype=np.int64)
+
+    @staticmethod
+    def sentences(phrases: list[str]) -> list[int]:
+        """Rows of the phrases that no other phrase contains (whole sentences), first copies.
+        Longest first: a phrase inside any other is inside one of the whole sentences already
+        seen, whose word runs are all in ``covered``."""
+        covered: set[str] = set()
+        rows = []
+        for i in sorted(range(len(phrases)), key=lambda i: (-len(phrases[i].split()), i)):
+            if phrases[i] not in covered:
+                rows.append(i)
+                covered |= ngrams(phrases[i])
+        return sorted(rows)
+
+    def carve_validation(
+        self, texts: list[str], labels: np.ndarray, test: tuple[list[str], np.ndarray]
+    ) -> dict[str, tuple[list[str], np.ndarray]]:
+        rows = np.asarray(self.sentences(texts))
+        idx = stratified_split(labels[rows], (self.params.val_fraction, 0.0), self.params.split_seed)
+        val_rows = rows[idx["val"]]
+        # Compared as the tokens the model reads ("free-fall" holds the phrase "free").
+        inside = set().union(*(ngrams(self.text_key(texts[i])) for i in val_rows))
+        train_rows = np.asarray([i for i in range(len(texts)) if self.text_key(texts[i]) not in inside],
+                                dtype=np.int64)
+        self.dropped["train"] += len(texts) - len(train_rows) - len(val_rows)  # phrases of validation sentences
+        return {"train": ([texts[i] for i in train_rows], labels[train_rows]),
+                "val": ([texts[i] for i in val_rows], labels[val_rows]), "test": test}
 
 
 @dataclass

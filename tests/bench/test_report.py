@@ -15,7 +15,7 @@ import pytest
 from bench.catalog import load_catalog
 from bench.cli import main, parse_since
 from bench.errors import BenchError
-from bench.report import Run, average_ranks, boards, markdown, pareto, welch_p
+from bench.report import Run, average_ranks, boards, markdown, pareto, table_cells, welch_p
 from models import MODELS
 from tests.bench.test_runner import _raise, wrapped_spec
 from tests.conftest import SMALL_TASK_PARAMS
@@ -81,6 +81,15 @@ def test_tuned_runs_are_their_own_row_and_average_ranks_span_tasks() -> None:
     assert [b.variant for b in result] == ["copy", "copy:T200"]
     assert [r.label for r in result[0].rows] == ["lstm (tuned)", "gru", "lstm"]
     assert average_ranks(result) == [("lstm (tuned)", 1.0, 1), ("gru", 1.5, 2), ("lstm", 2.5, 2)]
+
+
+def test_a_row_that_hit_the_time_limit_says_so() -> None:
+    runs = [run("a", 0, 0.5, stop_reason="max_time"), run("a", 1, 0.4, stop_reason="max_steps"),
+            run("b", 0, 0.6, stop_reason="early stopping")]
+    (board,) = boards(runs, load_catalog())
+    header, body = table_cells(board)
+    assert header[-1] == "notes"
+    assert [cells[-1] for cells in body] == ["time limit hit (seed 0)", ""]
 
 
 def test_pareto_front_respects_the_direction() -> None:
@@ -151,3 +160,30 @@ def test_report_numbers_equal_the_store(results_dir: Path, data_dir: Path, regis
                  "--out", str(results_dir / "lstm")]) == 0
     assert set(pd.read_csv(results_dir / "lstm" / "leaderboard.csv").model) == {"lstm"}
     assert main(["report", "--results", str(results_dir), "--since", "2999-01-01"]) == 2
+
+
+@pytest.mark.slow
+def test_two_configurations_of_one_model_are_two_rows(results_dir: Path, data_dir: Path,
+                                                      mlflow_runs: Any) -> None:
+    """Runs of one model under two profiles, and under an override, in one store: three rows,
+    each labelled by what differs, each aggregating only its own seeds (read from the store)."""
+    args = ["--results", str(results_dir), "--data-dir", str(data_dir), "--no-baselines", "--models", "lstm",
+            "--tasks", COPY, "--seeds", "0,1"]
+    assert main(["run", *args, "--profile", "tiny"]) == 0
+    assert main(["run", *args, "--profile", "quick", "--set", "budget.max_steps=4",
+                 "--set", "budget.val_every_steps=2"]) == 0
+    assert main(["run", *args, "--profile", "tiny", "--set", "model.hidden_size=16"]) == 0
+    assert main(["report", "--results", str(results_dir), "--format", "md,csv"]) == 0
+
+    board = pd.read_csv(results_dir / "reports" / "leaderboard.csv")
+    assert len(board) == 3 and (board.n == 2).all()
+    labels = set(board.model)
+    assert any("profile=quick" in label for label in labels)
+    assert any("model.hidden_size=16" in label for label in labels)
+    runs = [r for r in mlflow_runs(results_dir) if r.info.status == "FINISHED"]
+    by_config: dict[str, list[float]] = {}
+    for r in runs:
+        by_config.setdefault(r.data.tags["config_id"], []).append(r.data.metrics["test/ce"])
+    assert len(by_config) == 3
+    assert sorted(board["test/ce_mean"]) == pytest.approx(sorted(statistics.fmean(v) for v in by_config.values()))
+    assert sorted(board.config_id) == sorted(by_config)

@@ -309,11 +309,23 @@ def test_evaluation_covers_whole_splits_with_the_best_checkpoint(runner: Runner,
     assert result.metrics["val/count"] == n_val
 
     (module,) = modules
-    history = [(step, values["val/mse"]) for step, values in module.history]
+    history = [(step, values["val_curve/mse"]) for step, values in module.history]
     assert len(history) == 4  # validated every 2 of 8 steps
     best_step, best_val = min(history, key=lambda h: h[1])
     assert result.metrics["train/best_step"] == best_step
     assert result.metrics["val/mse"] == pytest.approx(best_val, rel=1e-6)
+
+    # The store holds the same: val/<metric>'s latest value is the best checkpoint's, and the
+    # learning curve is every validation, under its own key.
+    client = runner.tracker.client
+    stored = client.get_run(result.run_id).data.metrics
+    assert stored["val/mse"] == pytest.approx(best_val, rel=1e-6)
+    assert stored["train/best_step"] == best_step
+    assert [m.value for m in client.get_metric_history(result.run_id, "val/mse")] == [stored["val/mse"]]
+    curve = sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, "val_curve/mse"))
+    assert curve == [(step, pytest.approx(v, rel=1e-6)) for step, v in history]
+    for key in ("test/mse", "test/count", "val/count"):
+        assert stored[key] == pytest.approx(result.metrics[key], rel=1e-9)
 
     # The module now holds the weights that scored test: recompute both splits from scratch.
     task, splits = runner.data(config)
