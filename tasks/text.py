@@ -313,7 +313,12 @@ class SST2(TextClassificationTask):
     def carve_validation(
         self, texts: list[str], labels: np.ndarray, test: tuple[list[str], np.ndarray]
     ) -> dict[str, tuple[list[str], np.ndarray]]:
-        rows = np.asarray(self.sentences(texts))
+        rows = self.sentences(texts)
+        # A sentence whose tokens sit inside a longer sentence's ("etc ." inside "etc. .") is
+        # not whole to the model: it never goes to validation.
+        keys = {i: self.text_key(texts[i]) for i in rows}
+        inner = set().union(*(ngrams(k) - {k} for k in keys.values()))
+        rows = np.asarray([i for i in rows if keys[i] not in inner], dtype=np.int64)
         idx = stratified_split(labels[rows], (self.params.val_fraction, 0.0), self.params.split_seed)
         val_rows = rows[idx["val"]]
         # Compared as the tokens the model reads ("free-fall" holds the phrase "free").

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from tasks import TASKS, get_task
 from tasks.data import ChecksumError, MissingDataError
-from tasks.text import UNK, stratified_split, tokenize
+from tasks.text import UNK, grouped_split, tokenize
 from tests.conftest import DEFAULT_DATA_DIR, SMALL_TASK_PARAMS
 
 TASK_NAMES = list(TASKS)
@@ -238,20 +238,35 @@ def tweets_csv(data_dir: Path) -> pd.DataFrame:
     return pd.read_csv(data_dir / "disaster_tweets" / "train.csv")
 
 
-def test_tweets_split_indices_are_disjoint_complete_and_stratified(tweets_csv: pd.DataFrame) -> None:
-    p = get_task("tweets").make_params()
+def test_tweets_split_indices_are_disjoint_complete_stratified_and_by_distinct_text(
+    tweets_csv: pd.DataFrame,
+) -> None:
+    task = get_task("tweets")(get_task("tweets").make_params())
+    p = task.params
     labels = tweets_csv["target"].to_numpy()
-    assert len(labels) == 7613
-    idx = stratified_split(labels, (p.val_fraction, p.test_fraction), p.split_seed)
+    texts = tweets_csv["text"].astype(str).tolist()
+    # a tweet is the tokens the model reads: copies that differ only in their link are one
+    keys = [" ".join(tokenize(t)) for t in texts]
+    assert [task.text_key(t) for t in texts] == keys
+    assert task.text_key("Fire near me http://t.co/abc") == task.text_key("fire near me  https://t.co/XYZ")
+    distinct = len(set(keys))
+    assert len(labels) == 7613 and distinct < len(set(texts)) < 7613  # the file repeats some tweets
+    idx = grouped_split(keys, labels, (p.val_fraction, p.test_fraction), p.split_seed)
     everything = np.concatenate(list(idx.values()))
     assert len(everything) == len(set(everything.tolist())) == 7613
     assert set(everything.tolist()) == set(range(7613))
     overall = labels.mean()
+    split_keys = {}
     for name, rows in idx.items():
         assert (np.diff(rows) > 0).all(), f"{name} rows are not in file order"
         assert abs(labels[rows].mean() - overall) < 0.02, name
-    assert len(idx["val"]) == pytest.approx(0.1 * 7613, abs=2)
-    assert len(idx["test"]) == pytest.approx(0.1 * 7613, abs=2)
+        split_keys[name] = {keys[i] for i in rows}
+    # every copy of a tweet lands in one split
+    assert not split_keys["train"] & split_keys["val"] and not split_keys["train"] & split_keys["test"]
+    assert not split_keys["val"] & split_keys["test"]
+    # validation and test each hold ~10% of the distinct tweets (stratified per class, so within two)
+    assert len(split_keys["val"]) == pytest.approx(0.1 * distinct, abs=2)
+    assert len(split_keys["test"]) == pytest.approx(0.1 * distinct, abs=2)
 
 
 def test_tweets_task_uses_every_row_once(data_dir: Path, tweets_csv: pd.DataFrame,
@@ -470,16 +485,64 @@ def test_ett_univariate_variant_reads_and_predicts_ot_only(data_dir: Path) -> No
 # --- SST-2, IMDB, AG News ---------------------------------------------------------------
 
 
+def _word_runs(text: str, proper: bool = False) -> set[str]:
+    """Every contiguous run of space-separated words of ``text`` (without ``text`` itself if proper)."""
+    w = text.split()
+    n = len(w)
+    return {" ".join(w[i:j]) for i in range(n) for j in range(i + 1, n + 1) if not (proper and i == 0 and j == n)}
+
+
 @pytest.mark.parametrize(("name", "train_rows", "test_rows"), [("sst2", 67349, 872), ("imdb", 25000, 25000)])
 def test_validation_is_carved_from_train_and_test_is_the_official_test_set(
     name: str, train_rows: int, test_rows: int, setups: dict[str, tuple[Any, Any]]
 ) -> None:
+    """Validation is ~10% of what the training file holds once (SST-2: its whole sentences;
+    IMDB: its distinct reviews, as the tokens the model reads); every training row is in
+    train or validation or counted as dropped; the official test set is kept whole."""
     task, splits = setups[name]
-    raw = task.load()
-    assert len(raw["train"][0]) + len(raw["val"][0]) == train_rows
+    texts, labels = task.read(task.train_file)
+    assert len(texts) == train_rows
+    keys = [" ".join(tokenize(task.clean(t))) for t in texts]  # what the model reads of each row
+    key = dict(zip(texts, keys, strict=True))
+    carved = task.carve_validation(texts, labels, test=task.read(task.test_file))
+    raw = task.load()  # resets task.dropped, which the carve above added to
+    test_keys = {" ".join(tokenize(task.clean(t))) for t in raw["test"][0]}
+    val_keys = {key[t] for t in carved["val"][0]}
+    if name == "sst2":
+        # whole sentences: the phrases that are no proper word run of another phrase
+        inner = set().union(*(_word_runs(p, proper=True) for p in set(texts)))
+        units = len(set(texts) - inner)
+        assert len(task.sentences(texts)) == units
+        assert len(set(carved["val"][0])) == len(carved["val"][0]), "whole sentences, each once"
+        assert not set(carved["val"][0]) & inner
+        # the rows inside a validation sentence, as tokens, are left out of training (the
+        # sentences themselves included): "free-fall" holds the phrase "free"
+        inside = set().union(*(_word_runs(k) for k in val_keys))
+        rows_inside = sum(k in inside for k in keys)
+        assert rows_inside > len(val_keys)
+        assert len(carved["train"][0]) + rows_inside == train_rows
+        assert not {key[t] for t in carved["train"][0]} & inside
+        # then dropped: every row inside a validation sentence or a test sentence, but the
+        # validation sentences themselves
+        n_dropped = sum(k in inside or k in test_keys for k in keys) - len(carved["val"][0])
+    else:
+        units = len(set(keys))
+        assert units < train_rows  # the file repeats some reviews
+        assert len(carved["train"][0]) + len(carved["val"][0]) == train_rows
+        assert not {key[t] for t in carved["train"][0]} & val_keys, "copies of a review straddle train and val"
+        n_dropped = sum(k in test_keys for k in keys)  # every training-file copy of a test review
+    assert len(val_keys) == pytest.approx(0.1 * units, abs=2)
+    # then the training and validation documents whose text is in a later split are dropped
+    later = {"train": test_keys | val_keys, "val": test_keys}
+    for s in ("train", "val"):
+        assert raw[s][0] == [t for t in carved[s][0] if key[t] not in later[s]], s
+    assert task.dropped["val"] == len(carved["val"][0]) - len(raw["val"][0])
+    assert task.dropped["train"] + task.dropped["val"] == n_dropped > 0
+    assert len(raw["train"][0]) + len(raw["val"][0]) + n_dropped == train_rows
+    assert len(splits.train) == len(raw["train"][0]) and len(splits.val) == len(raw["val"][0])
     assert len(splits.test) == len(raw["test"][0]) == test_rows
-    assert len(splits.val) == pytest.approx(0.1 * train_rows, abs=2)
     # every test sample is kept, in file order, with its label
+    assert raw["test"][0] == task.read(task.test_file)[0]
     assert torch.equal(whole(splits.test)["y"], torch.tensor(raw["test"][1]))
 
 
@@ -489,8 +552,7 @@ def test_carved_validation_is_disjoint_from_train_and_vocabulary_ignores_it(
     task, _ = setups["sst2"]
     raw = task.load()
     train, val = raw["train"][0], raw["val"][0]
-    idx = stratified_split(np.concatenate([raw["train"][1], raw["val"][1]]), (0.1, 0.0), 0)
-    assert not set(idx["train"]) & set(idx["val"]) and len(idx["test"]) == 0
+    assert val and not {task.text_key(t) for t in train} & {task.text_key(t) for t in val}
     train_words = {w for t in train for w in tokenize(task.clean(t))}
     only_elsewhere = {w for t in val + raw["test"][0] for w in tokenize(task.clean(t))} - train_words
     assert only_elsewhere, "validation or test has words the training split lacks"
