@@ -146,6 +146,9 @@ def run_all(planned: list[tuple[Experiment, list[Any]]], runner: Any, progress: 
             if result.status in ("finished", "cached"):
                 outcome.per_seed.append(result.metrics.get(exp.metric, math.nan))
                 outcome.run_s += result.metrics.get("time/total_s", 0.0)
+                if result.stop_reason == "max_time":  # trained less than its budget: say so beside the verdict
+                    steps = result.metrics.get("train/steps", math.nan)
+                    outcome.note = f"seed {config.seed}: time limit hit after {steps:.0f} steps"
             else:
                 outcome.note = f"seed {config.seed} {result.status}: {result.reason}"
         outcome.wall_s = time.perf_counter() - t0
