@@ -131,18 +131,28 @@ def check_data(request: Any, catalog: dict[str, Any], data_dir: Path) -> list[st
     """Make sure each requested task's files are present and intact, downloading what is
     missing when possible. A task whose data cannot be had is dropped from the sweep,
     and its one-line reason returned."""
-    from tasks.data import DataFile, ensure
-
     problems, keep = [], []
     for ref in request.tasks:
-        try:
-            for f in catalog["tasks"][ref.name]["files"]:
-                ensure(DataFile(**f), data_dir)
+        problem = data_problem(ref.name, catalog, data_dir)
+        if problem:
+            problems.append(f"{ref.label}: {problem}")
+        else:
             keep.append(ref)
-        except BenchError as e:
-            problems.append(f"{ref.label}: {e}")
     request.tasks = keep
     return problems
+
+
+def data_problem(task: str, catalog: dict[str, Any], data_dir: Path) -> str:
+    """Why a task's data files cannot be had ('' when they are present and intact, or were
+    downloaded just now)."""
+    from tasks.data import DataFile, ensure
+
+    try:
+        for f in catalog["tasks"][task]["files"]:
+            ensure(DataFile(**f), data_dir)
+    except BenchError as e:
+        return str(e)
+    return ""
 
 
 def checked_request(args: argparse.Namespace, catalog: dict[str, Any], seeds: str, baselines: bool) -> Any:
@@ -464,15 +474,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     catalog = load_catalog()
     planned = plan(experiments, catalog)
     data_dir = resolve_data_dir(args.data_dir)
-    missing = []
-    for exp, configs in planned:
-        from tasks.data import DataFile, ensure
-
-        try:
-            for f in catalog["tasks"][configs[0].task.name]["files"]:
-                ensure(DataFile(**f), data_dir)
-        except BenchError as e:
-            missing.append(f"{exp.name}: {e}")
+    missing = [f"{exp.name}: {problem}" for exp, configs in planned
+               if (problem := data_problem(configs[0].task.name, catalog, data_dir))]
     if missing:
         raise BenchError("Reference experiments lack their data: " + "; ".join(missing))
     with console.status("Loading torch, Lightning and MLflow…"):

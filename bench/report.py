@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.config import configuration_id
 from bench.summary import PERF_COLUMNS as PERF  # the same speed, memory and size columns as bench run's tables
 
 ENV_TAGS = ["device", "version.torch", "version.lightning", "version.mlflow", "version.python", "version.seqbench",
@@ -50,8 +51,6 @@ class Run:
     @property
     def config_id(self) -> str:
         """The configuration this run is a seed of (its resolved settings, seed left out)."""
-        from bench.config import configuration_id
-
         if self.params:
             return configuration_id(self.params)
         return self.tags.get("config_id", "")  # a run recorded without its configuration

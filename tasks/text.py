@@ -137,7 +137,7 @@ class TextClassificationTask(Task):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.dropped = {"train": 0, "val": 0}  # documents left out of a split to keep it leak-free
-        self._keys: dict[str, str] = {}
+        self._keys: dict[str, str] = {}  # text -> its tokens, joined by spaces
 
     def load(self) -> dict[str, tuple[list[str], np.ndarray]]:
         """Raw (texts, labels) per split, leak-free."""
@@ -177,12 +177,13 @@ class TextClassificationTask(Task):
             keep = [i for i, t in enumerate(texts) if self.text_key(t) not in elsewhere]
             self.dropped[name] += len(texts) - len(keep)
             out[name] = ([texts[i] for i in keep], labels[np.asarray(keep, dtype=np.int64)])
-        self._keys = {}  # only needed while splitting
         return out
 
     def setup(self) -> Splits:
         raw = self.load()
-        tokens = {k: [tokenize(self.clean(t)) for t in texts] for k, (texts, _) in raw.items()}
+        # The splitting keyed every text by its tokens already (tokens never hold a space).
+        tokens = {k: [self.text_key(t).split() for t in texts] for k, (texts, _) in raw.items()}
+        self._keys = {}  # only needed while splitting and tokenizing
         p = self.params
         self.vocab = Vocabulary(tokens["train"], p.vocab_size, p.min_freq)
         counts = np.bincount(raw["train"][1], minlength=self.n_classes)
