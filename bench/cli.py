@@ -382,17 +382,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     models = select_names("model", args.models, catalog["models"]) if args.models else None
     since = parse_since(args.since)
     with console.status("Reading runs…"):
-        from bench.report import load_runs, write
+        from bench.report import load_runs, load_scale_sweep, write
 
         tracker = open_tracker(args)
         runs = load_runs(tracker.client, tasks, models, args.sweep, since)
-    if not runs:
+        scale = None if runs else load_scale_sweep(tracker.client)  # a report of a bench scale sweep alone
+    if not runs and scale is None:
         raise BenchError(f"No runs match in {tracker.uri} (tasks: {args.tasks or 'all'}, models: "
                          f"{args.models or 'all'}, sweep: {args.sweep or 'any'}, since: {args.since or 'any time'})")
     out = Path(args.out) if args.out else results_dir(args.results) / "reports"
     with console.status("Writing the report…"):
         written = write(tracker.client, runs, catalog, out, formats, args.title)
     finished = sum(r.status == "FINISHED" for r in runs)
+    if scale is not None:
+        console.print(f"No leaderboard runs match; the report holds the scale sweep {scale.sweep_id}")
     console.print(f"{finished} finished and {len(runs) - finished} failed or interrupted runs on "
                   f"{len({r.variant for r in runs})} tasks, from {tracker.uri}")
     for kind, path in written.items():
@@ -498,6 +501,52 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 1 if missed else 0
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    """Throughput and peak memory of each model against sequence length (the efficiency table)."""
+    from bench.catalog import load_catalog
+    from bench.registry import select_names
+    from bench.scale import Settings, Sweeper, parse_sizes, progress_line, tables
+
+    catalog = load_catalog()
+    names = select_names("model", args.models, catalog["models"])
+    models = [n for n in names if not catalog["models"][n]["baseline"]]
+    if len(models) < len(names):
+        left_out = ", ".join(n for n in names if n not in models)
+        if not models:
+            raise BenchError(f"Nothing to measure: {left_out} are baselines, with no backbone to train")
+        err_console.print(f"[yellow]left out[/] {escape(left_out)}: baselines have no backbone to train")
+    lengths = parse_sizes("--lengths", args.lengths)
+    batch_sizes = parse_sizes("--batch-sizes", args.batch_sizes)
+    if args.steps < 1 or args.warmup_steps < 0:
+        raise BenchError(f"Invalid --steps {args.steps} / --warmup-steps {args.warmup_steps}: "
+                         "at least 1 timed step, and no negative warm-up")
+    try:
+        timeout = parse_duration(args.point_timeout) or 0.0
+    except BenchError:
+        raise BenchError(f"Invalid --point-timeout '{args.point_timeout}': expected seconds (60, 0.5) or a "
+                         "duration (90s, 2m), more than 0") from None
+    if args.memory_limit_mb is not None and args.memory_limit_mb <= 0:
+        raise BenchError(f"Invalid --memory-limit-mb {args.memory_limit_mb:g}: it must be more than 0")
+    sweeper = Sweeper(Settings(args.steps, args.warmup_steps, timeout, args.memory_limit_mb, args.accelerator))
+    try:
+        with console.status("Loading torch and MLflow…"):
+            tracker = open_tracker(args)  # while the worker imports torch
+            sweeper.start()
+        sweep = sweeper.run(models, lengths, batch_sizes, tracker, results_dir(args.results) / "scale", args.sweep,
+                            on_point=lambda r: console.print(escape(progress_line(r)), highlight=False))
+    finally:
+        sweeper.close()
+    for table in tables(sweep):
+        console.print(table)
+    failed = sum(r.status == "failed" for r in sweep.results)
+    console.print(f"Sweep {sweep.sweep_id} on {sweep.device}: {len(sweep.results)} points, "
+                  + ", ".join(f"{n} {s}" for s in ("ok", "oom", "timeout", "skipped", "failed")
+                              if (n := sum(r.status == s for r in sweep.results))), highlight=False)
+    console.print(f"Table: {sweep.files['csv']}\nPlot: {sweep.files['plot']}\n"
+                  f"Runs: {tracker.uri} (experiment seqbench/scale)", highlight=False)
+    return 1 if failed else 0
+
+
 def tune_table(outcomes: list[Any], plans: list[Any]) -> Any:
     from rich.table import Table
 
@@ -515,6 +564,7 @@ def tune_table(outcomes: list[Any], plans: list[Any]) -> Any:
     return table
 
 
+DEFAULT_LENGTHS = ",".join(str(64 * 2**i) for i in range(7))  # 64, 128, ..., 4096 (bench scale)
 DATA_HELP = "dataset directory (default: $SEQBENCH_DATA_DIR, else ./data)"
 
 
@@ -602,6 +652,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run again experiments recorded earlier with the same configuration, device and code")
     training_options(p)
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("scale", help=cmd_scale.__doc__, description=cmd_scale.__doc__)
+    p.add_argument("--models", required=True, help="comma-separated names, wildcards or 'all' (baselines left out)")
+    p.add_argument("--lengths", default=DEFAULT_LENGTHS, help=f"sequence lengths (default: {DEFAULT_LENGTHS})")
+    p.add_argument("--batch-sizes", default="32", help="batch sizes, comma-separated (default: 32)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per point, training and inference (default: 5)")
+    p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before them (default: 2)")
+    p.add_argument("--point-timeout", default="60", help="seconds a point may take, e.g. 60, 90s, 2m (default: 60)")
+    p.add_argument("--memory-limit-mb", type=float,
+                   help="MB a point may take (CPU: added to the worker's data segment, by default 90%% of the "
+                   "memory available; GPU: torch's share of the device)")
+    p.add_argument("--results", help=f"output directory (default: ${ENV_RESULTS}, else ./results)")
+    p.add_argument("--tracking-uri",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in results/)")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"],
+                   help="where points run (default: auto, a GPU when there is one)")
+    p.add_argument("--sweep", help="sweep id recorded on every run (default: a timestamp)")
+    p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     p.add_argument("--tasks", help="only these tasks (comma-separated, wildcards; default: all)")

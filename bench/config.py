@@ -22,6 +22,7 @@ from bench.registry import unknown_message
 
 WINDOW_NORMS = ("none", "standard", "revin", "robust")  # bench.recipe implements them
 SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 
 
 @dataclass
@@ -37,6 +38,11 @@ class TrainConfig:
     schedule: str = "cosine"  # after the warm-up: constant, or a cosine or linear decay to 10% at the step budget
     lr_warmup: float = 0.05  # fraction of the step budget over which the learning rate rises linearly
     window_norm: str = "none"  # forecasting: none, standard, revin (learnable affine) or robust (median/MAD)
+    # Speed options; none changes what is computed beyond rounding. Batches are pinned in
+    # host memory whenever the run is on a GPU.
+    precision: str = "32"  # 32, bf16-mixed (CPU or GPU) or 16-mixed (GPU only)
+    compile: bool = False  # torch.compile the model (README: on which models it pays)
+    loader_workers: int = 0  # DataLoader worker processes; 0 builds batches in the training process
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
@@ -49,6 +55,10 @@ class TrainConfig:
             raise ValueError(f"lr_warmup={self.lr_warmup} is invalid: it is a fraction of the steps, in [0, 1)")
         if self.window_norm not in WINDOW_NORMS:
             raise ValueError(f"window_norm='{self.window_norm}' is invalid: choose from {', '.join(WINDOW_NORMS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision='{self.precision}' is invalid: choose from {', '.join(PRECISIONS)}")
+        if self.loader_workers < 0:
+            raise ValueError(f"loader_workers={self.loader_workers} is invalid: it must be >= 0")
 
 
 @dataclass(frozen=True)

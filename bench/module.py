@@ -18,6 +18,11 @@ from torch import nn
 from bench.recipe import WindowNorm, optimizer_and_schedule
 from tasks.registry import Batch, OutputSpec, Task
 
+# The running training loss is read (which waits for the device) only every this many
+# steps, at each validation and at the end of training, never at every step: that is
+# where a non-finite loss fails the run, and what the live progress shows.
+LOSS_READ_EVERY = 25
+
 # Each validation during training is recorded under this prefix (a learning curve);
 # ``val/<metric>`` is kept for the best checkpoint's values alone.
 CURVE = "val_curve/"
@@ -68,7 +73,9 @@ class SeqModule(L.LightningModule):
         self.results: dict[str, dict[str, float]] = {}  # last computed metrics per stage
         self.last_stats: dict[str, dict[str, torch.Tensor]] = {}  # their summed statistics
         self.history: list[tuple[int, dict[str, float]]] = []  # (step, metrics) per validation
-        self._loss_sum, self._loss_n = 0.0, 0
+        self._loss_sum: torch.Tensor | None = None  # summed on the device since the last read
+        self._loss_n = 0
+        self.last_loss = math.nan  # the mean training loss at the last read
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.window_norm is not None:
@@ -84,11 +91,24 @@ class SeqModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.task.loss(self(batch["x"], batch["mask"]), batch)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss became {loss.item()} at step {self.global_step}")
-        self._loss_sum += loss.item()
+        self._loss_sum = loss.detach() if self._loss_sum is None else self._loss_sum + loss.detach()
         self._loss_n += 1
+        if self._loss_n % LOSS_READ_EVERY == 0:
+            self.read_loss(reset=False)
         return loss
+
+    def read_loss(self, reset: bool) -> float:
+        """The mean training loss since the last reset; a non-finite one fails the run."""
+        if self._loss_n:
+            self.last_loss = float(self._loss_sum) / self._loss_n
+            if not math.isfinite(self.last_loss):
+                raise NonFiniteLossError(f"training loss became {self.last_loss} by step {self.global_step}")
+        if reset:
+            self._loss_sum, self._loss_n = None, 0
+        return self.last_loss
+
+    def on_train_end(self) -> None:
+        self.read_loss(reset=False)
 
     def _eval_step(self, batch: Batch) -> None:
         pred = self(batch["x"], batch["mask"])
@@ -115,8 +135,7 @@ class SeqModule(L.LightningModule):
         if self.trainer.state.fn == "fit":
             record = {f"{CURVE}{k}": v for k, v in metrics.items()}
             if self._loss_n:
-                record["train/loss"] = self._loss_sum / self._loss_n
-                self._loss_sum, self._loss_n = 0.0, 0
+                record["train/loss"] = self.read_loss(reset=True)
             record["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
             self.history.append((self.global_step, record))
 

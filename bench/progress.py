@@ -42,7 +42,8 @@ class SweepProgress:
         self.current = self.progress.add_task(f"  {config.label}", total=max_steps, info="")
 
     def on_step(self, step: int, loss: float) -> None:
-        self.progress.update(self.current, completed=step, info=f"loss {loss:.4g}{self.primary}")
+        shown = f"loss {loss:.4g}" if loss == loss else "loss …"  # nan: not read yet
+        self.progress.update(self.current, completed=step, info=f"{shown}{self.primary}")
 
     def on_validation(self, step: int, metrics: dict[str, float]) -> None:
         name, value = next(iter(metrics.items()))

@@ -6,7 +6,9 @@ and study runs are left out: a leaderboard compares runs scored on the test spli
 A row is one configuration (model, resolved hyper-parameters, training settings and
 budget), aggregated over seeds, never an average of several configurations: two
 configurations of one model are two rows, labelled by the settings that differ. When a
-configuration was run several times with one seed, the latest run counts. Torch-free.
+configuration was run several times with one seed, the latest run counts. When the store
+holds ``bench scale`` sweeps, the HTML report adds the latest one's efficiency table and
+plot. Torch-free.
 """
 
 from __future__ import annotations
@@ -420,7 +422,7 @@ def html_table(header: list[str], body: list[list[str]], left: set[int], tied: l
 
 def html_report(all_boards: list[Board], env: dict[str, list[tuple[str, int]]], title: str,
                 curves: dict[str, dict[str, list[list[tuple[int, float]]]]],
-                images: dict[str, list[tuple[str, str]]]) -> str:
+                images: dict[str, list[tuple[str, str]]], scale: str = "") -> str:
     """One file: every image is inline (data: URIs), no script, nothing fetched."""
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -453,7 +455,12 @@ def html_report(all_boards: list[Board], env: dict[str, list[tuple[str, int]]], 
                 f"src=\"data:image/png;base64,{data}\"><figcaption>{html.escape(alt)}</figcaption></figure>"
                 for alt, data in images[b.variant]) + "</div>")
         parts.append("</section>")
-    parts.append(f"<p class=\"note\">{html.escape(TIE_NOTE.format(primary='primary metric'))}</p>")
+    if all_boards:
+        parts.append(f"<p class=\"note\">{html.escape(TIE_NOTE.format(primary='primary metric'))}</p>")
+    if scale:
+        parts.append(scale)
+    if not all_boards:  # a report of a bench scale sweep alone: no leaderboard runs to describe
+        return "\n".join([*parts, "</body></html>"])
     parts.append("<h2 id=\"environment\">Environment</h2><ul>" + "".join(
         f"<li><b>{html.escape(k)}</b>: " + html.escape("; ".join(f"{v} ({n} runs)" if len(vals) > 1 else v
                                                                  for v, n in vals)) + "</li>"
@@ -489,6 +496,71 @@ def gather_images(client: Any, board: Board) -> list[tuple[str, str]]:
     return out
 
 
+# -- efficiency: the latest bench scale sweep --------------------------------------------------
+@dataclass
+class ScaleSweep:
+    sweep_id: str
+    device: str
+    start_time: int
+    results: list[Any]  # bench.scale_worker.PointResult, read back from the store
+    plot_png: str  # base64 of the sweep's recorded plot ("" when it has none)
+
+
+def load_scale_sweep(client: Any) -> ScaleSweep | None:
+    """The latest ``bench scale`` sweep recorded in the store, with its points and plot."""
+    from bench.scale import EXPERIMENT, PLOT_NAME, POINT_KIND, SWEEP_KIND
+    from bench.scale_worker import PointResult
+    from bench.tracking import EXPERIMENT_PREFIX
+
+    exp = client.get_experiment_by_name(EXPERIMENT_PREFIX + EXPERIMENT)
+    if exp is None:
+        return None
+    ids = [exp.experiment_id]
+    parents = client.search_runs(ids, filter_string=f"tags.kind = '{SWEEP_KIND}'", max_results=1,
+                                 order_by=["attributes.start_time DESC"])
+    if not parents:
+        return None
+    parent = parents[0]
+    sweep_id = parent.data.tags.get("sweep_id", "")
+    points = client.search_runs(ids, filter_string=f"tags.kind = '{POINT_KIND}' and tags.sweep_id = '{sweep_id}'",
+                                max_results=5000)
+    results = [PointResult.from_run(r.data.params, r.data.tags, r.data.metrics) for r in points]
+    order = parent.data.params.get("models", "").split(",")
+    results.sort(key=lambda r: (order.index(r.point.model) if r.point.model in order else len(order),
+                                r.point.model, r.point.batch_size, r.point.length))
+    try:
+        png = base64.b64encode(Path(client.download_artifacts(parent.info.run_id, PLOT_NAME)).read_bytes()).decode()
+    except Exception:  # noqa: BLE001 - a sweep cut short has no plot; the table still stands
+        png = ""
+    return ScaleSweep(sweep_id, parent.data.tags.get("device", "unknown"), parent.info.start_time or 0, results, png)
+
+
+SCALE_NOTE = ("Each point trains the model's default backbone with a class-per-sequence head on random tokens of "
+              "the given length: samples/s over the timed steps of forward, backward and AdamW, and of forward "
+              "passes in eval mode; peak MB is the most memory the point added (GPU: allocated by torch; CPU: "
+              "resident set). The slope is that of log(training time per sample) against log(length): about 1 "
+              "when cost grows linearly with length, 2 when quadratically. Points after one that ran out of "
+              "memory or time are skipped.")
+
+
+def scale_html(sweep: ScaleSweep) -> str:
+    from datetime import datetime
+
+    from bench.scale import HEADER, SLOPE_HEADER, fit_slopes, slope_rows, table_rows
+
+    when = datetime.fromtimestamp(sweep.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+    parts = ["<section class=\"scale\" id=\"efficiency\"><h2>Efficiency: cost against sequence length</h2>",
+             f"<p class=\"note\">Sweep {html.escape(sweep.sweep_id)} on {html.escape(sweep.device)}, "
+             f"started {when}.</p>",
+             html_table(HEADER, table_rows(sweep.results), {0, 7}),
+             html_table(SLOPE_HEADER, slope_rows(fit_slopes(sweep.results)), {0})]
+    if sweep.plot_png:
+        parts.append(f"<div class=\"plots\"><img class=\"plot\" alt=\"scale\" "
+                     f"src=\"data:image/png;base64,{sweep.plot_png}\"></div>")
+    parts.append(f"<p class=\"note\">{html.escape(SCALE_NOTE)}</p></section>")
+    return "".join(parts)
+
+
 def write(client: Any, runs: list[Run], catalog: dict[str, Any], out_dir: Path, formats: list[str],
           title: str) -> dict[str, Path]:
     """Write the report files; returns them by format."""
@@ -509,5 +581,7 @@ def write(client: Any, runs: list[Run], catalog: dict[str, Any], out_dir: Path, 
         curves = {b.variant: gather_curves(client, b) for b in all_boards}
         images = {b.variant: gather_images(client, b) for b in all_boards}
         written["html"] = out_dir / "report.html"
-        written["html"].write_text(html_report(all_boards, env, title, curves, images))
+        scale = load_scale_sweep(client)
+        written["html"].write_text(html_report(all_boards, env, title, curves, images,
+                                               scale_html(scale) if scale else ""))
     return written

@@ -39,7 +39,8 @@ from bench.config import RunConfig
 from bench.meters import PeakMemory, Throughput, inference_latency
 from bench.module import CURVE, SeqModule
 from bench.tracking import Tracker
-from tasks.registry import Splits, Task
+from tasks.batching import BucketBatchSampler, sorted_batches
+from tasks.registry import PaddedSplit, Splits, Task
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,6 +73,13 @@ class RunResult:
     higher_is_better: bool = True
     wall_s: float = 0.0
     stop_reason: str = ""  # why training ended: max_steps, early stopping, max_time (the guard), ...
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
 
 
 def git_commit() -> str:
@@ -130,6 +138,8 @@ def failure_reason(e: BaseException) -> str:
     if isinstance(e, torch.cuda.OutOfMemoryError | MemoryError):
         return f"out of memory: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if "could not create a primitive descriptor" in text:  # oneDNN, e.g. an LSTM in bf16 on most CPUs
+        text = f"this CPU's oneDNN has no kernel for a layer at this precision (train.precision); {text}"
     return f"{type(e).__name__}: {text}"[:500]
 
 
@@ -138,8 +148,8 @@ class _Progress(L.Callback):
         self.listener, self.every = listener, every
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, out: Any, batch: Any, i: int) -> None:
-        if trainer.global_step % self.every == 0:
-            self.listener.on_step(trainer.global_step, float(out["loss"]))
+        if trainer.global_step % self.every == 0:  # the last loss read, so as not to wait for the device
+            self.listener.on_step(trainer.global_step, module.last_loss)
 
     def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
         if trainer.state.fn == "fit" and "val" in module.results:
@@ -240,10 +250,12 @@ class Runner:
             with PeakMemory(self.device) as memory:
                 metrics, history, stop, references, figures = self._train_and_test(config, callbacks, evaluate_test)
             metrics.update(memory.metrics())
-            metrics["time/total_s"] = time.perf_counter() - t0
-            result.metrics, result.references, result.stop_reason = metrics, references, stop
+            t_record = time.perf_counter()
             self._log_figures(result.run_id, figures)
             self.tracker.log_history(result.run_id, history)
+            metrics["time/record_s"] = time.perf_counter() - t_record  # figures and curves, into the store
+            metrics["time/total_s"] = time.perf_counter() - t0
+            result.metrics, result.references, result.stop_reason = metrics, references, stop
             self.tracker.log_metrics(result.run_id, metrics)
             self.tracker.set_tags(result.run_id, {"stop_reason": stop,
                                                   **{f"reference.{k}": f"{v:.6g}" for k, v in references.items()}})
@@ -273,6 +285,29 @@ class Runner:
             models.OutputShape(task.output.kind, task.output.n_classes, task.output.shape),
         )
 
+    def loaders(self, config: RunConfig, splits: Splits) -> Loaders:
+        """The run's data loaders. Evaluation loaders never shuffle and never drop the last,
+        smaller batch; variable-length splits are batched by length (``tasks.batching``)."""
+        train = config.train
+        workers = train["loader_workers"]
+        speed = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": self.device.type == "cuda"}
+
+        def loader(split: Any, shuffle: bool, batch_size: int) -> DataLoader:
+            lengths = split.lengths if isinstance(split, PaddedSplit) else None
+            if shuffle:  # the order depends on the seed and the epoch alone, whatever loads the batches
+                equal = torch.ones(len(split), dtype=torch.long)
+                batches: Any = BucketBatchSampler(equal if lengths is None else lengths, batch_size, config.seed)
+            elif lengths is not None:
+                batches = sorted_batches(lengths, batch_size)
+            else:
+                return DataLoader(split, batch_size=batch_size, shuffle=False, drop_last=False,
+                                  collate_fn=split.collate, **speed)
+            return DataLoader(split, batch_sampler=batches, collate_fn=split.collate, **speed)
+
+        return Loaders(loader(splits.train, True, train["batch_size"]),
+                       loader(splits.val, False, train["eval_batch_size"]),
+                       loader(splits.test, False, train["eval_batch_size"]))
+
     def _incompatibility(self, config: RunConfig) -> str:
         """Why this model cannot be built for this data ('' if it can, or if the problem is
         another one: that is then recorded as the run's failure)."""
@@ -301,18 +336,15 @@ class Runner:
         spec = models.get_model(config.model)
         net = self._build(config, task, splits)
 
-        def loader(split: Any, shuffle: bool, batch_size: int) -> DataLoader:
-            generator = torch.Generator().manual_seed(config.seed) if shuffle else None
-            # Evaluation loaders never shuffle and never drop the last, smaller batch.
-            return DataLoader(split, batch_size=batch_size, shuffle=shuffle, drop_last=False,
-                              collate_fn=split.collate, generator=generator)
-
-        train_loader = loader(splits.train, True, train["batch_size"])
-        val_loader = loader(splits.val, False, train["eval_batch_size"])
-        test_loader = loader(splits.test, False, train["eval_batch_size"])
+        if train["precision"] == "16-mixed" and self.device.type != "cuda":
+            raise ValueError("train.precision=16-mixed needs a GPU; on a CPU use bf16-mixed or 32")
+        loaders = self.loaders(config, splits)
+        train_loader, val_loader, test_loader = loaders.train, loaders.val, loaders.test
         steps_per_epoch = len(train_loader)
         total_steps = min(budget["max_steps"], budget["max_epochs"] * steps_per_epoch)
         module = SeqModule(net, task, train, predictor=spec.predictor, total_steps=total_steps)
+        if train["compile"] and any(p.requires_grad for p in net.parameters()):
+            module.backbone = torch.compile(net)
         monitor = f"val/{task.primary_metric}"
         mode = "max" if task.higher_is_better else "min"
         throughput = Throughput(budget["meter_warmup_steps"], task.tokens)
@@ -334,6 +366,7 @@ class Runner:
                 val_check_interval=budget["val_every_steps"],  # counted in steps, across epochs
                 check_val_every_n_epoch=None,
                 gradient_clip_val=train["grad_clip"] or None,
+                precision=train["precision"],
                 callbacks=[*callbacks, best],
                 logger=False,
                 enable_progress_bar=False,
@@ -364,9 +397,11 @@ class Runner:
             # Both splits are scored with the best checkpoint (by the primary validation
             # metric); if no validation ever ran (time ran out first), with the last weights.
             ckpt = best.best_model_path or None
+            t_eval = time.perf_counter()
             trainer.validate(module, val_loader, ckpt_path=ckpt, verbose=False)
             if evaluate_test:
                 trainer.test(module, test_loader, ckpt_path=ckpt, verbose=False)
+            eval_s = time.perf_counter() - t_eval
 
         stopped_by = [cb.stop_reason for cb in extra if getattr(cb, "stop_reason", "")]
         if stopped_by:
@@ -384,13 +419,15 @@ class Runner:
         metrics: dict[str, float] = {f"val/{k}": v for k, v in module.results["val"].items()}
         metrics.update({f"test/{k}": v for k, v in module.results.get("test", {}).items()})
         metrics.update(throughput.metrics())
-        metrics.update(inference_latency(module, next(iter(test_loader if evaluate_test else val_loader)), self.device))
+        typical = middle_batch(test_loader if evaluate_test else val_loader)
+        metrics.update(inference_latency(module, typical, self.device, precision=train["precision"]))
         metrics.update({
             "model/params": sum(p.numel() for p in module.parameters()),
             "train/steps": trainer.global_step,
             "train/epochs": trainer.global_step / max(steps_per_epoch, 1),
             "train/best_step": _best_step(module.history, CURVE + task.primary_metric, mode),
-            "time/train_s": train_s,
+            "time/train_s": train_s,  # includes the validations and checkpoints during training
+            "time/eval_s": eval_s,  # the best checkpoint on the validation and test splits
         })
         module.eval()
 
@@ -400,6 +437,13 @@ class Runner:
 
         figures = task.figures(predict, splits, module.last_stats["test"]) if evaluate_test else {}
         return metrics, module.history, stop, task.references(), figures
+
+
+def middle_batch(loader: DataLoader) -> dict[str, torch.Tensor]:
+    """The loader's middle batch: a typical one where evaluation batches go by length."""
+    batches = list(loader.batch_sampler)
+    middle = batches[(len(batches) - 1) // 2]
+    return next(iter(DataLoader(loader.dataset, batch_sampler=[middle], collate_fn=loader.collate_fn)))
 
 
 def _best_step(history: list[tuple[int, dict[str, float]]], key: str, mode: str) -> float:

@@ -1,4 +1,5 @@
-"""MLflow tracking: one experiment per task, one run per (model, task variant, seed).
+"""MLflow tracking: one experiment per task, one run per (model, task variant, seed);
+``bench scale`` adds the experiment ``seqbench/scale``, one run per measured point.
 
 Metric keys follow one scheme so runs of different models compare in the UI:
 ``val/<metric>``, ``test/<metric>``, ``train/loss``, ``perf/<meter>``, ``model/params``.
@@ -114,6 +115,10 @@ class Tracker:
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
+
+    def log_artifact(self, run_id: str, path: Path) -> None:
+        """A file written elsewhere (a plot, a table), under its own name."""
+        self.client.log_artifact(run_id, str(path))
 
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)

@@ -83,6 +83,7 @@ class PaddedSplit(Dataset):
         if len(sequences) != len(y):
             raise ValueError("sequences and labels differ in length")
         self.sequences, self.y = sequences, y
+        self.lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)  # batched by length
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -190,9 +191,10 @@ class Task(ABC):
         ``predict(batch)`` gives its output for a batch of any split."""
         return {}
 
-    def tokens(self, batch: Batch) -> int:
-        """Time steps processed in a batch (for tokens/s): the real, unpadded ones."""
-        return int(batch["mask"].sum())
+    def tokens(self, batch: Batch) -> torch.Tensor:
+        """Time steps processed in a batch (for tokens/s): the real, unpadded ones, as a
+        count on the batch's device (summed there, so the meter never waits for it)."""
+        return batch["mask"].sum()
 
 
 TASKS: Registry[type[Task]] = Registry("task", package="tasks")

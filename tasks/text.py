@@ -52,8 +52,9 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.ids) + 2
 
-    def encode(self, tokens: list[str], max_len: int) -> torch.Tensor:
-        ids = [self.ids.get(t, UNK) for t in tokens[:max_len]] or [UNK]  # never empty
+    def encode(self, tokens: list[str], max_len: int, keep: str = "head") -> torch.Tensor:
+        kept = tokens[:max_len] if keep == "head" else tokens[-max_len:]
+        ids = [self.ids.get(t, UNK) for t in kept] or [UNK]  # never empty
         return torch.tensor(ids, dtype=torch.long)
 
 
@@ -89,6 +90,7 @@ def grouped_split(keys: list[str], labels: np.ndarray, fractions: tuple[float, f
 @dataclass
 class TextParams:
     max_len: int = 64  # tokens kept per document (the rest is truncated)
+    keep: str = "head"  # which max_len tokens a longer document keeps: its head or its tail
     vocab_size: int = 20_000  # cap, including PAD and UNK
     min_freq: int = 2  # rarer training words become UNK
     split_seed: int = 0  # the fixed split carved from the training file; not the run seed
@@ -99,6 +101,8 @@ class TextParams:
             raise ValueError("max_len >= 1, vocab_size >= 3 and min_freq >= 1 are required")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction={self.val_fraction} is invalid: it must be in (0, 1)")
+        if self.keep not in ("head", "tail"):
+            raise ValueError(f"keep='{self.keep}' is invalid: choose from head, tail")
 
 
 @dataclass
@@ -190,7 +194,7 @@ class TextClassificationTask(Task):
         self.majority = int(counts.argmax())
         self.test_labels = raw["test"][1]
         splits = {
-            k: PaddedSplit([self.vocab.encode(t, p.max_len) for t in tokens[k]], torch.tensor(raw[k][1]))
+            k: PaddedSplit([self.vocab.encode(t, p.max_len, p.keep) for t in tokens[k]], torch.tensor(raw[k][1]))
             for k in raw
         }
         return Splits(**splits, vocab_size=len(self.vocab))
