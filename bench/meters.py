@@ -5,23 +5,16 @@
   ``meter_warmup_steps`` and every validation left out. Samples/s and real (unpadded)
   time steps/s.
 - Inference latency: the median wall time of a forward pass over one evaluation batch.
-- Peak memory of the run: on GPU the peak allocated memory; on CPU the peak resident
-  set size of the process sampled in a background thread, minus the size when the run
-  started (what the run added).
+- Peak memory: see ``bench.memory``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import statistics
-import threading
 import time
 from typing import Any
 
 import lightning as L
-import psutil
 import torch
 
 
@@ -130,53 +123,3 @@ def inference_latency(
         "perf/infer_samples_per_s": len(x) / (ms / 1000),
         "perf/infer_batch_size": len(x),
     }
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc), so that what an earlier run left in
-    the allocator's free lists does not hide the next run's growth of the resident set."""
-    gc.collect()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the measurement is only less sharp
-        pass
-
-
-class PeakMemory:
-    """Context manager measuring the peak memory of the code inside it."""
-
-    def __init__(self, device: torch.device, interval_s: float = 0.005) -> None:
-        self.device = device
-        self.interval_s = interval_s
-        self.process = psutil.Process()
-        self._stop = threading.Event()
-        self.start_rss = self.peak_rss = 0
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            _release_free_memory()
-        self.start_rss = self.peak_rss = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
-
-    def metrics(self) -> dict[str, float]:
-        mb = 1024**2
-        out = {"perf/peak_rss_mb": self.peak_rss / mb, "perf/run_rss_added_mb": (self.peak_rss - self.start_rss) / mb}
-        if self.device.type == "cuda":
-            out["perf/peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / mb
-        else:
-            out["perf/peak_memory_mb"] = out["perf/run_rss_added_mb"]
-        return out

@@ -99,7 +99,10 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
 def optimizer_and_schedule(module: nn.Module, train: dict[str, Any], total_steps: int) -> dict[str, Any]:
     """What ``configure_optimizers`` returns: AdamW over ``parameter_groups`` and the
     schedule, stepped every optimizer step."""
-    optimizer = torch.optim.AdamW(parameter_groups(module, train["weight_decay"]), lr=train["lr"])
+    # Fused: one kernel for all parameters (on a CPU, ~6x faster than the per-tensor loop).
+    # Not with mixed precision: Lightning refuses to clip a fused optimizer's gradients there.
+    fused = train.get("precision", "32") == "32"
+    optimizer = torch.optim.AdamW(parameter_groups(module, train["weight_decay"]), lr=train["lr"], fused=fused)
     warmup = round(train["lr_warmup"] * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, train["schedule"], warmup))

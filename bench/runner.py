@@ -36,7 +36,8 @@ import bench
 import models
 import tasks
 from bench.config import RunConfig
-from bench.meters import PeakMemory, Throughput, inference_latency
+from bench.memory import PeakMemory
+from bench.meters import Throughput, inference_latency
 from bench.module import CURVE, SeqModule
 from bench.tracking import Tracker
 from tasks.batching import BucketBatchSampler, sorted_batches

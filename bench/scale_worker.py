@@ -19,15 +19,15 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from bench.memory import MB, PeakMemory, libc, proc_bytes, release_free_memory
 
 VOCAB = 64  # token ids 1..63 (0 is padding)
 N_CLASSES = 2
 LR = 1e-3
 METRICS = ("train_samples_per_s", "train_tokens_per_s", "infer_samples_per_s", "peak_memory_mb")
 KILL_GRACE_S = 2.0  # past the point timeout, room for the worker to stop between two steps before it is killed
-MB = 1024**2
 OOM_TEXT = re.compile(r"can't allocate memory|cannot allocate memory|out of memory|failed to allocate", re.I)
 
 
@@ -72,22 +72,6 @@ class PointTimeout(Exception):
     pass
 
 
-def _libc() -> Any:
-    import ctypes
-    import ctypes.util
-
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-
-
-def _proc_bytes(key: str, path: str = "/proc/self/status") -> int | None:
-    """A size from /proc (VmRSS, VmHWM, VmData; MemAvailable in /proc/meminfo), None off Linux."""
-    try:
-        match = re.search(rf"^{key}:\s+(\d+) kB", Path(path).read_text(), re.M)
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None
-
-
 def _allocator(lean: bool) -> None:
     """glibc's thresholds. Lean: blocks from 64 KiB up are mmapped and go back to the OS
     when freed, so the resident set tracks what tensors hold. Otherwise the values glibc's
@@ -95,81 +79,10 @@ def _allocator(lean: bool) -> None:
     reuse, as in any PyTorch program on a CPU. Lean costs up to 2x in speed, hence the
     two phases of a point."""
     try:
-        libc = _libc()
-        libc.mallopt(-3, 64 * 1024 if lean else 32 * MB)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 128 * 1024 if lean else 64 * MB)  # M_TRIM_THRESHOLD
+        c = libc()
+        c.mallopt(-3, 64 * 1024 if lean else 32 * MB)  # M_MMAP_THRESHOLD
+        c.mallopt(-1, 128 * 1024 if lean else 64 * MB)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):  # not glibc: memory is measured less sharply
-        pass
-
-
-class PeakMemory:
-    """``peak_mb``: the most memory a point added, from ``start()`` (before anything of the
-    point exists) to ``stop()`` (after building the model and its optimizer, two training
-    steps, which create the gradients and AdamW's state, and one inference pass).
-
-    - CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``: the most
-      memory tensors held on the GPU at once (parameters, gradients, AdamW state,
-      activations, the batch), without the caching allocator's spare or the CUDA context.
-    - CPU on Linux: the worker's peak resident set (VmHWM, reset by writing 5 to
-      /proc/self/clear_refs) minus its resident set at the start: the physical memory the
-      point added at its peak, allocator overhead included, with the lean allocator (see
-      ``_allocator``) and glibc's free memory handed back first (malloc_trim), so what an
-      earlier point freed does not hide this one's growth.
-    - Elsewhere: the resident set sampled every 5 ms (psutil), so a short peak may be missed.
-    """
-
-    def __init__(self, device: Any) -> None:
-        self.device, self.peak_mb, self.sampler = device, 0.0, None
-
-    def start(self) -> None:
-        import torch
-
-        _tidy(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        import psutil
-
-        self.process = psutil.Process()
-        self.base = self.process.memory_info().rss
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            import threading
-
-            self.halt, self.sampled = threading.Event(), self.base
-            self.sampler = threading.Thread(target=self._sample, daemon=True)
-            self.sampler.start()
-
-    def _sample(self) -> None:
-        while not self.halt.wait(0.005):
-            self.sampled = max(self.sampled, self.process.memory_info().rss)
-
-    def stop(self) -> None:
-        import torch
-
-        if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / MB
-        elif self.sampler is not None:
-            self.halt.set()
-            self.sampler.join()
-            self.sampler, self.peak_mb = None, max(0, self.sampled - self.base) / MB
-        else:
-            self.peak_mb = max(0, (_proc_bytes("VmHWM") or self.base) - self.base) / MB
-
-
-def _tidy(device: Any) -> None:
-    """Free what the last point left: Python garbage, the CUDA cache, glibc's free lists."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    try:
-        _libc().malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
         pass
 
 
@@ -179,7 +92,7 @@ def _limit_memory(limit_mb: float | None) -> Callable[[], None]:
     allocation error rather than waking the kernel's OOM killer; returns what lifts the cap."""
     import resource
 
-    now, available = _proc_bytes("VmData"), _proc_bytes("MemAvailable", "/proc/meminfo")
+    now, available = proc_bytes("VmData"), proc_bytes("MemAvailable", "/proc/meminfo")
     if now is None or (limit_mb is None and available is None):
         return lambda: None
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
@@ -274,9 +187,8 @@ def measure_point(point: Point, s: Settings, device: Any) -> PointResult:
         return PointResult(point, "oom" if oom else "failed", one_line(e))
     finally:
         lift()
-        if meter.sampler is not None:
-            meter.stop()
-        _tidy(device)
+        meter.stop()  # (a no-op if it stopped already)
+        release_free_memory(device)
     n = point.batch_size * s.steps
     return PointResult(point, "ok", "", n / train_s, n * point.length / train_s, n / infer_s, meter.peak_mb)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from tasks import TASKS, get_task
 from tasks.data import ChecksumError, MissingDataError
-from tasks.text import UNK, grouped_split, tokenize
+from tasks.text import UNK, TextParams, Vocabulary, grouped_split, tokenize
 from tests.conftest import DEFAULT_DATA_DIR, SMALL_TASK_PARAMS
 
 TASK_NAMES = list(TASKS)
@@ -565,3 +565,15 @@ def test_imdb_line_breaks_and_agnews_escapes_are_cleaned() -> None:
     assert "<br" not in imdb.clean("Great film.<br /><br />Loved it<br/>")
     raw = "Reuters - Short-sellers\\team, it#39;s quot;badquot; #36;5"
     assert agnews.clean(raw) == "Reuters - Short-sellers team, it's \"bad\" $5"
+
+
+def test_a_long_document_keeps_its_head_or_its_tail() -> None:
+    vocab = Vocabulary([["a", "b", "c", "d"]], max_size=10, min_freq=1)
+    ids = {w: int(vocab.encode([w], 1)[0]) for w in "abcd"}
+    doc = ["a", "b", "c", "d"]
+    assert vocab.encode(doc, 2, "head").tolist() == [ids["a"], ids["b"]]
+    assert vocab.encode(doc, 2, "tail").tolist() == [ids["c"], ids["d"]]
+    assert vocab.encode(doc, 9, "tail").tolist() == [ids[w] for w in doc]  # short: kept whole
+    assert get_task("imdb").Params().keep == "tail"
+    with pytest.raises(ValueError, match="keep='middle'"):
+        TextParams(keep="middle")
