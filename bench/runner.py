@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import platform
+import re
 import signal
 import subprocess
 import tempfile
@@ -399,7 +400,11 @@ class Runner:
             # metric); if no validation ever ran (time ran out first), with the last weights.
             ckpt = best.best_model_path or None
             t_eval = time.perf_counter()
-            trainer.validate(module, val_loader, ckpt_path=ckpt, verbose=False)
+            chosen = _validation_of(module.history, ckpt)
+            if chosen is None:
+                trainer.validate(module, val_loader, ckpt_path=ckpt, verbose=False)
+            else:  # the validation that chose the checkpoint: the same weights, batches and metrics
+                module.results["val"] = chosen
             if evaluate_test:
                 trainer.test(module, test_loader, ckpt_path=ckpt, verbose=False)
             eval_s = time.perf_counter() - t_eval
@@ -445,6 +450,16 @@ def middle_batch(loader: DataLoader) -> dict[str, torch.Tensor]:
     batches = list(loader.batch_sampler)
     middle = batches[(len(batches) - 1) // 2]
     return next(iter(DataLoader(loader.dataset, batch_sampler=[middle], collate_fn=loader.collate_fn)))
+
+
+def _validation_of(history: list[tuple[int, dict[str, float]]], ckpt: str | None) -> dict[str, float] | None:
+    """The metrics of the validation after which checkpoint ``ckpt`` was saved (its file
+    name holds the step), or None: then the checkpoint is validated again."""
+    found = re.search(r"step=(\d+)", Path(ckpt).name) if ckpt else None
+    for step, values in history:
+        if found and step == int(found.group(1)):
+            return {k[len(CURVE):]: v for k, v in values.items() if k.startswith(CURVE)}
+    return None
 
 
 def _best_step(history: list[tuple[int, dict[str, float]]], key: str, mode: str) -> float:

@@ -18,6 +18,7 @@ Run it on an otherwise idle machine; it is a measurement, not a test.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -81,11 +82,18 @@ def bare_throughput(runner, config, steps: int, warmup: int) -> float:  # noqa: 
     return samples / (time.perf_counter() - t0)
 
 
+def with_budget(config, **budget):  # noqa: ANN001, ANN003, ANN201
+    """The same run with other budget limits (a new configuration, so a new hash)."""
+    return dataclasses.replace(config, budget={**config.budget, **budget})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=FAMILIES)
     parser.add_argument("--tasks", default="copy,imdb,etth1")
-    parser.add_argument("--steps", type=int, default=60, help="timed steps per measurement")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement, at least")
+    parser.add_argument("--seconds", type=float, default=4.0,
+                        help="more timed steps where a step is short, so each measurement lasts about this long")
     parser.add_argument("--warmup", type=int, default=10, help="steps left out before timing")
     parser.add_argument("--repeats", type=int, default=3, help="(harness, bare) pairs per model and task")
     parser.add_argument("--set", action="append", default=[], help="train.KEY=VALUE, as bench run --set")
@@ -101,20 +109,22 @@ def main() -> int:
     from bench.tracking import Tracker
     from tasks.data import resolve_data_dir
 
-    # Long enough that validation never runs during the timed steps; nothing else changes.
-    budget = [f"budget.max_steps={args.warmup + args.steps}", f"budget.val_every_steps={args.warmup + args.steps}",
-              f"budget.meter_warmup_steps={args.warmup}", "budget.max_time_s=3600"]
-    request = parse_request(args.models, args.tasks, "0", "quick", [*args.set, *budget], load_catalog())
-    configs = resolve(request)
+    request = parse_request(args.models, args.tasks, "0", "quick", args.set, load_catalog())
     console = Console()
     table = Table(title="Training throughput: harness / bare PyTorch loop (samples/s)")
-    for col in ("model", "task", "batch", "harness", "bare", "ratio (median)", "ratios"):
+    for col in ("model", "task", "batch", "steps", "harness", "bare", "ratio (median)", "ratios"):
         table.add_column(col, justify="left" if col in ("model", "task", "ratios") else "right")
     with tempfile.TemporaryDirectory(prefix="seqbench-overhead-") as tmp:
         tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", Path(tmp))
         runner = Runner(tracker, resolve_data_dir(args.data_dir), accelerator=args.accelerator, rerun=True)
-        console.print(f"device: {runner.env_tags['device']}; {args.steps} timed steps after {args.warmup}")
-        for config in configs:
+        console.print(f"device: {runner.env_tags['device']}; timed steps after {args.warmup}")
+        for pair in resolve(request):
+            # Calibrate: enough steps for about --seconds a measurement. The budget is set so that
+            # validation never runs during the timed steps; nothing else changes.
+            per_step = 1.0 / bare_throughput(runner, pair, 5, 3) * pair.train["batch_size"]
+            steps = max(args.steps, min(2000, round(args.seconds / per_step)))
+            config = with_budget(pair, max_steps=args.warmup + steps, val_every_steps=args.warmup + steps,
+                                 meter_warmup_steps=args.warmup, max_time_s=3600)
             harness, bare = [], []
             for r in range(args.repeats):
                 for side in (("harness", "bare") if r % 2 == 0 else ("bare", "harness")):
@@ -125,11 +135,11 @@ def main() -> int:
                             break
                         harness.append(result.metrics["perf/train_samples_per_s"])
                     else:
-                        bare.append(bare_throughput(runner, config, args.steps, args.warmup))
+                        bare.append(bare_throughput(runner, config, steps, args.warmup))
             if not harness:
                 continue
             ratios = [h / b for h, b in zip(harness, bare, strict=False)]
-            table.add_row(config.model, config.task.label, str(config.train["batch_size"]),
+            table.add_row(config.model, config.task.label, str(config.train["batch_size"]), str(steps),
                           f"{statistics.median(harness):,.0f}", f"{statistics.median(bare):,.0f}",
                           f"{statistics.median(ratios):.3f}", " ".join(f"{x:.2f}" for x in ratios))
             console.print(f"{config.model} × {config.task.label}: ratio {statistics.median(ratios):.3f}")

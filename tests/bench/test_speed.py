@@ -106,3 +106,18 @@ def test_a_compiled_model_trains_and_is_scored_from_its_checkpoint(runner: Runne
     data = stored(tracker, result.run_id)
     assert data.params["train.compile"] == "True"
     assert 0.0 <= data.metrics["test/symbol_accuracy"] <= 1.0
+
+
+def test_validation_metrics_are_those_of_the_checkpoint_scored(runner: Runner, tracker: Tracker,
+                                                               make_config: Any) -> None:
+    """The best checkpoint is not validated twice: its metrics are those of the validation
+    that chose it, the best point of the stored learning curve."""
+    result = runner.run(make_config("lstm", "copy", COPY, model_overrides={"hidden_size": 16},
+                                    budget_overrides={"max_steps": 12, "max_epochs": 100, "patience": 10,
+                                                      "val_every_steps": 3}))
+    data = stored(tracker, result.run_id)
+    curve = {m.step: m.value for m in tracker.client.get_metric_history(result.run_id, "val_curve/ce")}
+    assert len(curve) >= 3
+    best_step = min(curve, key=lambda s: (curve[s], s))  # the first best, as the checkpoint keeps it
+    assert data.metrics["val/ce"] == pytest.approx(curve[best_step], rel=1e-9)
+    assert data.metrics["train/best_step"] == best_step or curve[data.metrics["train/best_step"]] == curve[best_step]
