@@ -42,11 +42,11 @@ class Throughput(L.Callback):
         self.after_validation_s = 0.0  # from each validation's end to the next step: checkpointing
         self._tokens: Any = 0
         self._t0: float | None = None  # the running stretch of steps, if any
-        self._paused_at: tuple[str, float] | None = None
+        self._paused_at: float | None = None  # when the clock stopped for a validation
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, i: int) -> None:
         if self._paused_at is not None:
-            self.after_validation_s += self._lap(module, self._paused_at)
+            self.after_validation_s += self._since(module, self._paused_at)
             self._paused_at = None
         if trainer.global_step < self.meter_warmup_steps:
             return
@@ -63,24 +63,24 @@ class Throughput(L.Callback):
             self.seconds += time.perf_counter() - self._t0
             self._t0 = None
 
-    def _lap(self, module: L.LightningModule, since: tuple[str, float]) -> float:
+    def _since(self, module: L.LightningModule, t0: float) -> float:
         _sync(module.device)
-        return time.perf_counter() - since[1]
+        return time.perf_counter() - t0
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.state.fn == "fit":
             self._stop(module)
-            self._paused_at = ("validation", time.perf_counter())
+            self._paused_at = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.state.fn == "fit" and self._paused_at is not None:
-            self.validation_s += self._lap(module, self._paused_at)
-            self._paused_at = ("after validation", time.perf_counter())
+            self.validation_s += self._since(module, self._paused_at)
+            self._paused_at = time.perf_counter()
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._stop(module)
         if self._paused_at is not None:
-            self.after_validation_s += self._lap(module, self._paused_at)
+            self.after_validation_s += self._since(module, self._paused_at)
             self._paused_at = None
 
     def metrics(self) -> dict[str, float]:
@@ -95,6 +95,11 @@ class Throughput(L.Callback):
         }
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype a mixed ``train.precision`` computes in (None: full precision)."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+
 @torch.no_grad()
 def inference_latency(
     module: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, repeats: int = 10,
@@ -107,7 +112,7 @@ def inference_latency(
     module.to(device)  # Lightning moves the module back to the CPU when testing ends
     x, mask = batch["x"].to(device), batch["mask"].to(device)
     times = []
-    mixed = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    mixed = autocast_dtype(precision)
     for i in range(repeats + 2):
         _sync(device)
         t0 = time.perf_counter()

@@ -433,7 +433,7 @@ class Runner:
             "train/epochs": trainer.global_step / max(steps_per_epoch, 1),
             "train/best_step": _best_step(module.history, CURVE + task.primary_metric, mode),
             "time/train_s": train_s,  # includes the validations and checkpoints during training
-            "time/eval_s": eval_s,  # the best checkpoint on the validation and test splits
+            "time/eval_s": eval_s,  # scoring the best checkpoint: the test split (validation only if not on record)
         })
         module.eval()
 

@@ -36,6 +36,7 @@ def bare_throughput(runner, config, steps: int, warmup: int) -> float:  # noqa: 
     import torch
 
     import models
+    from bench.meters import autocast_dtype
     from bench.module import SeqModule
     from bench.recipe import optimizer_and_schedule
 
@@ -52,7 +53,7 @@ def bare_throughput(runner, config, steps: int, warmup: int) -> float:  # noqa: 
     module.to(device).train()
     setup = optimizer_and_schedule(module, train, total)
     optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
-    mixed = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(train["precision"])
+    mixed = autocast_dtype(train["precision"])
 
     def sync() -> None:
         if device.type == "cuda":
