@@ -127,7 +127,7 @@ def make_config() -> Callable[..., Any]:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL database on loopback: $SEQBENCH_TEST_POSTGRES (CI starts one), else a
-    throwaway server started here from the distribution's binaries."""
+    throwaway server started here from the pgserver wheel's binaries (tests/pgcluster.py)."""
     if os.environ.get("SEQBENCH_TEST_POSTGRES"):
         yield os.environ["SEQBENCH_TEST_POSTGRES"]
         return

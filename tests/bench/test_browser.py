@@ -1,7 +1,7 @@
 """What a person sees: the HTML report opened offline in a real browser, the MLflow UI that
 ``bench ui`` starts, and runs, reports and tuning recorded through an MLflow tracking server.
 
-The browser is the system's Chromium (Debian's ``chromium`` package, which .ci/run installs),
+The browser is the system's Chromium (Debian's ``chromium`` package, which scripts/test installs),
 driven by Playwright; no browser is ever downloaded. Screenshots are kept in
 $SEQBENCH_TEST_ARTIFACTS (.ci/run sets it), else in the test's temporary directory.
 """
@@ -46,8 +46,8 @@ UI_LINE = re.compile(r"MLflow UI: (http://\S+)")
 @contextmanager
 def chromium() -> Iterator[Browser]:
     if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium; .ci/run "
-                    "does). These tests drive the system browser and never download one.")
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium; "
+                    "scripts/test does). These tests drive the system browser and never download one.")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
