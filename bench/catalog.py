@@ -32,6 +32,7 @@ from bench.config import (
 )
 from bench.errors import BenchError
 from bench.registry import select_names, unknown_message
+from bench.sizes import check_run_count
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("models", "tasks")
@@ -126,6 +127,9 @@ class Request:
     budget_overrides: dict[str, Any] = field(default_factory=dict)
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # (model, task label, reason)
     baselines: dict[str, list[str]] = field(default_factory=dict)  # task label -> baselines added to it
+    # resolve() refuses a run too large for this machine (bench.sizes). parse_request, the CLI's
+    # way in, turns it on unless --allow-large; a Request made in code (tests, benchmarks) is trusted.
+    limit_sizes: bool = False
 
     def pairs(self) -> list[tuple[str, TaskRef]]:
         """Each task's requested models, then the baselines added to it."""
@@ -162,9 +166,11 @@ def parse_tasks(spec: str, catalog: dict[str, Any]) -> list[TaskRef]:
     return refs
 
 
-def parse_seeds(spec: str) -> list[int]:
-    """``0,1,2`` or ``0-4`` (inclusive) -> seeds; each in [0, 2**32) as Lightning needs."""
-    seeds: list[int] = []
+def seed_ranges(spec: str) -> list[range]:
+    """``0,1,2`` or ``0-4`` (inclusive) -> the ranges given, checked but not expanded (so a
+    range of a billion seeds can be counted and refused); each seed in [0, 2**32) as Lightning
+    needs."""
+    ranges: list[range] = []
     for part in spec.split(","):
         part = part.strip()
         try:
@@ -172,25 +178,48 @@ def parse_seeds(spec: str) -> list[int]:
                 lo, hi = (int(x) for x in part.split("-", 1))
                 if hi < lo:
                     raise ValueError
-                seeds += range(lo, hi + 1)
+                ranges.append(range(lo, hi + 1))
             elif part:
-                seeds.append(int(part))
+                ranges.append(range(int(part), int(part) + 1))
         except ValueError:
             raise BenchError(f"Invalid seeds '{spec}': expected e.g. 0,1,2 or 0-4") from None
-    if not seeds:
+    if not ranges:
         raise BenchError(f"Invalid seeds '{spec}': no seed given")
-    bad = [s for s in seeds if not 0 <= s < 2**32]
+    bad = [r for r in ranges if not (0 <= r.start and r.stop <= 2**32)]
     if bad:
-        raise BenchError(f"Invalid seeds '{spec}': {bad[0]} is out of range; seeds must be in [0, 2**32)")
-    return list(dict.fromkeys(seeds))
+        seed = bad[0].start if bad[0].start < 0 else bad[0].stop - 1
+        raise BenchError(f"Invalid seeds '{spec}': {seed} is out of range; seeds must be in [0, 2**32)")
+    return ranges
+
+
+def count_seeds(ranges: list[range]) -> int:
+    """Distinct seeds in ``ranges``, counted without expanding them."""
+    count, end = 0, 0
+    for r in sorted(ranges, key=lambda r: r.start):
+        start = max(r.start, end)
+        if r.stop > start:
+            count += r.stop - start
+        end = max(end, r.stop)
+    return count
+
+
+def expand_seeds(ranges: list[range]) -> list[int]:
+    return list(dict.fromkeys(seed for r in ranges for seed in r))  # in the order given, each once
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``0,1,2`` or ``0-4`` (inclusive) -> seeds, in the order given, each once."""
+    return expand_seeds(seed_ranges(spec))
 
 
 def parse_request(
     models: str, tasks: str, seeds: str, profile: str, settings: list[str], catalog: dict[str, Any],
-    baselines: bool = False,
+    baselines: bool = False, allow_large: bool = False,
 ) -> Request:
     """The sweep asked for. With ``baselines``, every baseline that serves a task is added to
-    it (they take seconds), so each leaderboard shows what the sequence models add."""
+    it (they take seconds), so each leaderboard shows what the sequence models add. A sweep of
+    more runs than ``bench.sizes.MAX_RUNS``, or (in ``resolve``) a run larger than this
+    machine's memory, is refused unless ``allow_large``."""
     model_names = select_names("model", models, catalog["models"])
     task_refs = parse_tasks(tasks, catalog)
     if profile not in PROFILES:
@@ -213,7 +242,9 @@ def parse_request(
     model_overrides = typed_overrides(model_raw, catalog["models"][model_names[0]]["hparams"], "model")
     train = typed_overrides(parse_assignments(groups["train"], "--set train"), fields_of(TrainConfig), "train")
     budget = typed_overrides(parse_assignments(groups["budget"], "--set budget"), fields_of(Budget), "budget")
-    request = Request(model_names, task_refs, parse_seeds(seeds), profile, model_overrides, train, budget)
+    seed_list = seed_ranges(seeds)
+    request = Request(model_names, task_refs, [], profile, model_overrides, train, budget,
+                      limit_sizes=not allow_large)
     for t in task_refs:
         for m in model_names:
             reason = refusal(m, catalog["models"][m], catalog["tasks"][t.name])
@@ -224,6 +255,8 @@ def parse_request(
                 m for m, info in catalog["models"].items()
                 if info["baseline"] and m not in model_names and not refusal(m, info, catalog["tasks"][t.name])
             ]
+    check_run_count(len(request.pairs()), count_seeds(seed_list), seeds, allow_large)
+    request.seeds = expand_seeds(seed_list)
     return request
 
 
@@ -262,10 +295,19 @@ def combine_recipe(task_cls: Any, params: Any, spec: Any, request: Request,
     return train, budget
 
 
+def pair_label(model: str, ref: TaskRef, request: Request, requested: bool) -> str:
+    """``lstm × copy:delay=5 with --set model.hidden_size=64``: a pair and the settings given."""
+    given = {f"model.{k}": v for k, v in request.model_overrides.items()} if requested else {}
+    given.update({f"train.{k}": v for k, v in request.train_overrides.items()} if requested else {})
+    settings = " ".join(f"--set {k}={v}" for k, v in given.items())
+    return f"{model} × {ref.label}" + (f" with {settings}" if settings else "")
+
+
 def resolve(request: Request) -> list[RunConfig]:
     """Every run of a request, fully resolved; invalid values raise a one-line BenchError."""
     import models
     import tasks
+    from bench.sizes import check_run
 
     configs = []
     for model, ref in request.pairs():
@@ -281,6 +323,8 @@ def resolve(request: Request) -> list[RunConfig]:
             train, budget = combine_recipe(task_cls, params, spec, request, requested)
         except (ValueError, TypeError) as e:
             raise BenchError(f"Invalid settings for {model} × {ref.label}: {e}") from None
+        if request.limit_sizes:  # before any data is generated and anything is written
+            check_run(spec, hp, task_cls, params, train, pair_label(model, ref, request, requested))
         for seed in request.seeds:
             configs.append(
                 RunConfig(

@@ -156,12 +156,14 @@ def data_problem(task: str, catalog: dict[str, Any], data_dir: Path) -> str:
 
 
 def checked_request(args: argparse.Namespace, catalog: dict[str, Any], seeds: str, baselines: bool) -> Any:
-    """The request, with refused pairs and tasks whose data is missing reported and left out."""
+    """The request, with refused pairs and tasks whose data is missing reported and left out.
+    Sizes past the sane limits (runs here, one run's memory in ``resolve``) are refused unless
+    --allow-large."""
     from bench.catalog import parse_request
     from tasks.data import resolve_data_dir
 
     request = parse_request(args.models, args.tasks, seeds, args.profile, args.set or [], catalog,
-                            baselines=baselines)
+                            baselines=baselines, allow_large=args.allow_large)
     refused: dict[tuple[str, str], list[str]] = {}
     for model, task, reason in request.refused:
         refused.setdefault((model, reason), []).append(task)
@@ -174,13 +176,40 @@ def checked_request(args: argparse.Namespace, catalog: dict[str, Any], seeds: st
     return request
 
 
-def open_tracker(args: argparse.Namespace) -> Any:
-    from bench.tracking import Tracker, default_tracking_uri
+def tracking_uri(args: argparse.Namespace) -> str:
+    from bench.store import default_tracking_uri
 
-    results = results_dir(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results)
-    return Tracker(uri, results)
+    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results_dir(args.results))
+
+
+def check_store(args: argparse.Namespace, writing: bool) -> None:
+    """The results directory and a SQLite store in it, checked before torch or MLflow load:
+    a directory or store that cannot be used is named at once, and a reading command
+    (``writing=False``) creates nothing."""
+    from bench.store import check_results_dir, check_sqlite_file, sqlite_path
+
+    path = sqlite_path(tracking_uri(args))
+    if writing:
+        check_results_dir(results_dir(args.results))
+    if path is not None:
+        if writing:
+            check_results_dir(path.parent)
+        check_sqlite_file(path, must_exist=not writing)
+
+
+def open_tracker(args: argparse.Namespace, writing: bool = True) -> Any:
+    """The run store, opened (see ``Tracker.connect``); checked first with ``check_store``."""
+    from bench.store import make_results_dir, sqlite_path
+
+    check_store(args, writing)
+    uri = tracking_uri(args)
+    if writing:
+        make_results_dir(results_dir(args.results))
+        if (path := sqlite_path(uri)) is not None:
+            make_results_dir(path.parent)
+    from bench.tracking import Tracker
+
+    return Tracker(uri, results_dir(args.results)).connect()
 
 
 def storage_url(args: argparse.Namespace) -> str:
@@ -227,6 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     catalog = load_catalog()
     request = checked_request(args, catalog, args.seeds, baselines=not args.no_baselines)
     data_dir = resolve_data_dir(args.data_dir)
+    check_store(args, writing=True)
 
     with console.status("Loading torch, Lightning and MLflow…"):
         configs = resolve(request)  # every value checked before anything is written
@@ -234,20 +264,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         from bench.progress import SweepProgress
         from bench.runner import Runner
+        from bench.signals import requests
         from bench.summary import task_tables
 
         tracker = open_tracker(args)
         uri = tracker.uri
 
+    requests.install()  # Ctrl+C and SIGTERM: the run under way ends KILLED, the sweep stops (130, 143)
     t0 = time.perf_counter()
-    outcomes = []
     with SweepProgress(console, len(runs)) as progress:
         runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress,
                         accelerator=args.accelerator, rerun=args.rerun)
-        for config, tags in runs:
-            outcome = runner.run(config, tags=tags)
-            progress.finished(outcome)
-            outcomes.append(outcome)
+        outcomes = runner.sweep(runs, on_result=progress.finished)
     elapsed = time.perf_counter() - t0
     for table in task_tables(outcomes):
         console.print(table)
@@ -275,6 +303,8 @@ def parse_duration(text: str | None) -> float | None:
         raise BenchError(f"Invalid duration '{text}': expected e.g. 90s, 30m, 2h or 1h30m")
     h, m, sec = (float(g or 0) for g in match.groups())
     seconds = 3600 * h + 60 * m + sec
+    if not seconds < 10 * 365 * 86400:  # inf, or NaN, or longer than anyone waits
+        raise BenchError(f"Invalid duration '{text}': at most ten years")
     if seconds <= 0:
         raise BenchError(f"Invalid duration '{text}': it must be more than 0")
     return seconds
@@ -297,6 +327,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if not catalog["models"][model]["tunable"] and not any(spaces[(model, t.name)] for t in request.tasks):
             raise BenchError(f"{model} has no search space of its own: give one with --space KEY=…")
     data_dir = resolve_data_dir(args.data_dir)
+    check_store(args, writing=True)
 
     with console.status("Loading torch, Lightning, MLflow and Optuna…"):
         configs = resolve(request)
@@ -318,7 +349,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                                config, spaces[(config.model, config.task.name)], task_fixed,
                                task_cls.higher_is_better, task_cls.primary_metric))
 
-    import signal
+    from bench.signals import requests
 
     outcomes = []
     with TuneProgress(console, args.trials) as progress:
@@ -326,18 +357,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
                         rerun=True)
         tuner = Tuner(runner, tracker, url, study_seed=args.study_seed, pruner=args.pruner,
                       default_trial=not args.no_default_trial, listener=progress)
-
-        def stop(signum: int, frame: Any) -> None:
-            """Ctrl+C, or a scheduler's SIGTERM: cut the training under way short (its trial is
-            queued again) and start no other trial. Between trainings, the study stops
-            before the next trial; a second Ctrl+C stops at once."""
-            again = tuner.stop_requested
-            tuner.stop_requested = True
-            if runner.fitting or again:
-                raise KeyboardInterrupt
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+        # Ctrl+C, or a scheduler's SIGTERM: the training under way stops at its next batch (its
+        # trial is queued again) and no other trial starts; a second one stops at once.
+        requests.install(graceful=True)
         for plan in plans:
             outcomes.append(tuner.work(plan, args.trials, timeout))
     console.print(tune_table(outcomes, plans))
@@ -355,15 +377,17 @@ def parse_since(text: str | None) -> int | None:
     from datetime import datetime
 
     days = text.strip().removesuffix("d")
-    if text.strip().endswith("d") and days.replace(".", "", 1).isdigit():
-        return int((time.time() - float(days) * 86400) * 1000)
     try:
-        return int(datetime.fromisoformat(text.strip()).timestamp() * 1000)
-    except ValueError:
-        pass
-    try:
+        if text.strip().endswith("d") and days.replace(".", "", 1).isdigit():
+            if float(days) > 100 * 365:
+                raise ValueError
+            return int((time.time() - float(days) * 86400) * 1000)
+        try:
+            return int(datetime.fromisoformat(text.strip()).timestamp() * 1000)
+        except ValueError:
+            pass
         return int((time.time() - (parse_duration(text) or 0)) * 1000)
-    except BenchError:
+    except (BenchError, ValueError, OverflowError, OSError):
         raise BenchError(f"Invalid --since '{text}': expected a date (2026-11-01), a time (2026-11-01T08:30) "
                          "or a duration back from now (12h, 3d)") from None
 
@@ -384,7 +408,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     with console.status("Reading runs…"):
         from bench.report import load_runs, load_scale_sweep, write
 
-        tracker = open_tracker(args)
+        tracker = open_tracker(args, writing=False)
         runs = load_runs(tracker.client, tasks, models, args.sweep, since)
         scale = None if runs else load_scale_sweep(tracker.client)  # a report of a bench scale sweep alone
     if not runs and scale is None:
@@ -405,61 +429,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start the MLflow UI on the run store (loopback by default) and print its URL."""
-    import signal
-    import subprocess
-    import urllib.request
+    from bench.ui import serve
 
-    from bench.tracking import default_tracking_uri
-
-    results = results_dir(args.results)
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results)
-    if uri.startswith(("http:", "https:")):
-        console.print(f"{uri} is a tracking server: open it in a browser.")
-        return 0
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise BenchError(f"No run store at {uri}: run `bench run` first, or name one with --tracking-uri")
-    url = f"http://{args.host}:{args.port}"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port",
-           str(args.port), "--workers", "1"]
-    def stop(signum: int, frame: Any) -> None:  # SIGTERM, SIGHUP: stop the server too, like Ctrl+C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)
-    results.mkdir(parents=True, exist_ok=True)
-    log = results / "mlflow-ui.log"
-    with open(log, "w") as log_file:
-        server = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        with console.status(f"Starting the MLflow UI on {url}…"):
-            deadline = time.monotonic() + 120
-            while True:
-                if server.poll() is not None:
-                    last = log.read_text().strip().splitlines() or [f"exit {server.returncode}"]
-                    raise BenchError(f"The MLflow UI did not start: {last[-1]} (log: {log})")
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                        if reply.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise BenchError(f"The MLflow UI did not answer on {url} within 2 minutes")
-                time.sleep(0.5)
-        console.print(f"MLflow UI: {url}  (runs from {uri}; Ctrl+C stops it)", highlight=False)
-        sys.stdout.flush()
-        server.wait()
-        return 0
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+    check_store(args, writing=False)
+    return serve(tracking_uri(args), results_dir(args.results), args.host, args.port, console)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -481,11 +454,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                if (problem := data_problem(configs[0].task.name, catalog, data_dir))]
     if missing:
         raise BenchError("Reference experiments lack their data: " + "; ".join(missing))
+    check_store(args, writing=True)
     with console.status("Loading torch, Lightning and MLflow…"):
         from bench.progress import SweepProgress
         from bench.runner import Runner
+        from bench.signals import requests
 
         tracker = open_tracker(args)
+    requests.install()
     total = sum(len(configs) for _, configs in planned)
     with SweepProgress(console, total) as progress:
         runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress, accelerator=args.accelerator,
@@ -527,6 +503,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
                          "duration (90s, 2m), more than 0") from None
     if args.memory_limit_mb is not None and args.memory_limit_mb <= 0:
         raise BenchError(f"Invalid --memory-limit-mb {args.memory_limit_mb:g}: it must be more than 0")
+    check_store(args, writing=True)
     sweeper = Sweeper(Settings(args.steps, args.warmup_steps, timeout, args.memory_limit_mb, args.accelerator))
     try:
         with console.status("Loading torch and MLflow…"):
@@ -609,6 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", help="budget profile: tiny, quick, standard, full (default: quick)")
     p.add_argument("--set", action="append", metavar="GROUP.KEY=VALUE",
                    help="override a setting: model.hidden_size=64, train.lr=1e-3, budget.max_steps=200 (repeatable)")
+    large_help = ("run what is past the sane limits: more than 10,000 runs, or a run whose data, parameters "
+                  "and activations would not fit in the memory available (refused by default)")
+    p.add_argument("--allow-large", action="store_true", help=large_help)
     training_options(p)
     p.add_argument("--rerun", action="store_true", help="run again configurations that already finished")
     p.add_argument("--no-baselines", action="store_true",
@@ -642,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "settings apart")
     p.add_argument("--no-default-trial", action="store_true",
                    help="do not make trial 0 the default configuration")
+    p.add_argument("--allow-large", action="store_true", help=large_help)
     training_options(p)
     p.set_defaults(func=cmd_tune)
 
@@ -693,16 +674,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+STORE_ERRORS = ("mlflow", "sqlalchemy", "sqlite3", "psycopg", "alembic")  # modules whose errors are the store's
+
+
 def main(argv: list[str] | None = None) -> int:
+    from bench.signals import requests
+
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        if requests.pending is not None:  # bench tune: a stop request after its last look
+            raise KeyboardInterrupt
+        return code
     except BenchError as e:
         err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/]: runs finished so far are recorded")
-        return 130
+        if requests.pending is not None:  # it landed between two runs
+            requests.deliver()
+        what = "terminated" if requests.exit_code == 143 else "interrupted"
+        err_console.print(f"[red]{what}[/]: runs finished so far are recorded; the one under way is KILLED")
+        return requests.exit_code
+    except Exception as e:
+        if not type(e).__module__.startswith(STORE_ERRORS):
+            raise
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        err_console.print(f"[red]error:[/] the run store failed: {escape(text)}. Runs recorded so far are kept; "
+                          "check that the store is reachable and writable, then run the command again",
+                          highlight=False, soft_wrap=True)
+        return 2
+    finally:
+        if requests.installed:
+            requests.uninstall()
 
 
 if __name__ == "__main__":

@@ -52,6 +52,12 @@ class SweepProgress:
     def on_evaluate(self) -> None:
         self.progress.update(self.current, info=f"evaluating the best checkpoint{self.primary}")
 
+    def on_wait(self, result: Any) -> None:
+        if self.current is not None:
+            self.progress.remove_task(self.current)
+        self.current = self.progress.add_task(f"  {result.config.label}", total=None,
+                                              info=f"waiting: {result.reason}")
+
     def finished(self, result: Any) -> None:
         self.done += 1
         self.progress.update(self.sweep, completed=self.done)

@@ -18,6 +18,7 @@ import html
 import io
 import math
 import statistics
+import time
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -135,6 +136,24 @@ def load_runs(client: Any, tasks: list[str] | None = None, models: list[str] | N
     return out
 
 
+def unfinished_reason(run: Run, now: float | None = None) -> str:
+    """Why a run is not FINISHED: its recorded reason, or for a RUNNING one how long ago it
+    last showed life (the next bench run marks an abandoned one FAILED)."""
+    from bench.tracking import HEARTBEAT_TAG, STALE_AFTER_S
+
+    if run.status != "RUNNING":
+        return run.tags.get("failure_reason", "no reason recorded")
+    try:
+        last = float(run.tags[HEARTBEAT_TAG])
+    except (KeyError, ValueError):
+        last = run.start_time / 1000
+    ago = (now or time.time()) - last
+    when = f"{ago:.0f} s" if ago < 120 else f"{ago / 60:.0f} min" if ago < 7200 else f"{ago / 3600:.1f} h"
+    if ago > STALE_AFTER_S:
+        return f"no heartbeat for {when}: abandoned (the next bench run marks it FAILED)"
+    return f"still running (last heartbeat {when} ago)"
+
+
 def welch_p(a: list[float], b: list[float]) -> float:
     """Two-sided p-value of Welch's t-test; NaN when either side has fewer than 2 seeds."""
     if len(a) < 2 or len(b) < 2:
@@ -182,7 +201,7 @@ def boards(runs: list[Run], catalog: dict[str, Any]) -> list[Board]:
                 row.rank, leader = i + 1, row
         others = sorted({k.split("/", 1)[1] for r in finished for k in r.metrics if k.startswith("test/")} - {primary})
         references = {k.split(".", 1)[1]: v for r in finished for k, v in r.tags.items() if k.startswith("reference.")}
-        failed = [r for r in group if r.status in ("FAILED", "KILLED")]
+        failed = [r for r in group if r.status != "FINISHED"]  # failed, stopped, abandoned or still running
         out.append(Board(variant, task, primary, higher, [primary, *others], rows, failed, references))
     return out
 
@@ -282,9 +301,8 @@ def markdown(all_boards: list[Board], env: dict[str, list[tuple[str, int]]], tit
         if b.references:
             lines += ["Reference: " + ", ".join(f"{k} {v}" for k, v in b.references.items()), ""]
         if b.failed:
-            lines += ["Failed runs:", ""]
-            lines += [f"- {r.model}, seed {r.seed}: {r.status.lower()}, "
-                      f"{r.tags.get('failure_reason', 'no reason recorded')}" for r in b.failed]
+            lines += ["Runs that did not finish:", ""]
+            lines += [f"- {r.model}, seed {r.seed}: {r.status.lower()}, {unfinished_reason(r)}" for r in b.failed]
             lines.append("")
     ranks = average_ranks(all_boards)
     if ranks:
@@ -320,7 +338,7 @@ def frames(all_boards: list[Board]) -> tuple[Any, Any]:
                                  **{k: v for k, v in sorted(r.metrics.items())}})
         for r in b.failed:
             run_rows.append({"task": b.variant, "model": r.row, "seed": r.seed, "run_id": r.run_id,
-                             "status": r.status, "failure_reason": r.tags.get("failure_reason", "")})
+                             "status": r.status, "failure_reason": unfinished_reason(r)})
     return pd.DataFrame(board_rows), pd.DataFrame(run_rows)
 
 
@@ -442,9 +460,9 @@ def html_report(all_boards: list[Board], env: dict[str, list[tuple[str, int]]], 
                                                                                  for k, v in b.references.items()))
                          + "</p>")
         if b.failed:
-            parts.append("<p class=\"failed\">Failed runs:</p><ul class=\"failed\">" + "".join(
+            parts.append("<p class=\"failed\">Runs that did not finish:</p><ul class=\"failed\">" + "".join(
                 f"<li>{html.escape(r.model)}, seed {html.escape(r.seed)}: {r.status.lower()}, "
-                f"{html.escape(r.tags.get('failure_reason', 'no reason recorded'))}</li>" for r in b.failed) + "</ul>")
+                f"{html.escape(unfinished_reason(r))}</li>" for r in b.failed) + "</ul>")
         pngs = plots(b, curves.get(b.variant, {}))
         parts.append("<div class=\"plots\">" + "".join(
             f"<img class=\"plot\" alt=\"{name}\" src=\"data:image/png;base64,{data}\">" for name, data in pngs.items())

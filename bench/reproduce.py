@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,16 +132,16 @@ def plan(experiments: list[Experiment], catalog: dict[str, Any]) -> list[tuple[E
 
 def run_all(planned: list[tuple[Experiment, list[Any]]], runner: Any, progress: Any = None) -> list[Outcome]:
     """Run (or reuse) every experiment's runs and compare with the published figures."""
+    items = [(config, {"reproduction": exp.name}) for exp, configs in planned for config in configs]
+    results = iter(runner.sweep(items, on_result=progress.finished if progress is not None else None))
     outcomes = []
     for exp, configs in planned:
         outcome = Outcome(exp)
-        t0 = time.perf_counter()
         for config in configs:
-            result = runner.run(config, tags={"reproduction": exp.name})
-            if progress is not None:
-                progress.finished(result)
+            result = next(results)
             outcome.runs += 1
             outcome.cached += result.status == "cached"
+            outcome.wall_s += result.wall_s
             if result.status in ("finished", "cached"):
                 outcome.per_seed.append(result.metrics.get(exp.metric, math.nan))
                 outcome.run_s += result.metrics.get("time/total_s", 0.0)
@@ -151,7 +150,6 @@ def run_all(planned: list[tuple[Experiment, list[Any]]], runner: Any, progress: 
                     outcome.note = f"seed {config.seed}: time limit hit after {steps:.0f} steps"
             else:
                 outcome.note = f"seed {config.seed} {result.status}: {result.reason}"
-        outcome.wall_s = time.perf_counter() - t0
         values = [v for v in outcome.per_seed if math.isfinite(v)]
         if values and len(values) == len(configs):
             outcome.measured = AGGREGATES[exp.aggregate](values)

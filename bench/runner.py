@@ -9,6 +9,7 @@ reason, and the sweep goes on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -40,7 +41,8 @@ from bench.config import RunConfig
 from bench.memory import PeakMemory
 from bench.meters import Throughput, inference_latency
 from bench.module import CURVE, SeqModule
-from bench.tracking import Tracker
+from bench.signals import Interrupted, requests
+from bench.tracking import Claim, Heartbeat, Tracker
 from tasks.batching import BucketBatchSampler, sorted_batches
 from tasks.registry import PaddedSplit, Splits, Task
 
@@ -61,12 +63,15 @@ class Listener(Protocol):
     def on_step(self, step: int, loss: float) -> None: ...
     def on_validation(self, step: int, metrics: dict[str, float]) -> None: ...
     def on_evaluate(self) -> None: ...
+    def on_wait(self, result: RunResult) -> None: ...  # waiting for another process's run (result.reason)
 
 
 @dataclass
 class RunResult:
     config: RunConfig
-    status: str  # "finished" | "failed" | "cached" (finished earlier, not run again) | "refused" (cannot serve)
+    # "finished" | "failed" | "cached" (finished earlier or elsewhere, not run again) | "refused" (cannot
+    # serve) | "busy" (another process is training it: reason names it, run_id is its run)
+    status: str
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     run_id: str = ""
@@ -75,6 +80,17 @@ class RunResult:
     higher_is_better: bool = True
     wall_s: float = 0.0
     stop_reason: str = ""  # why training ended: max_steps, early stopping, max_time (the guard), ...
+
+
+@dataclass
+class Outcome:
+    """What training and evaluating one run produced, before it is recorded."""
+
+    metrics: dict[str, float]
+    history: list[tuple[int, dict[str, float]]]  # (step, learning-curve values) per validation
+    stop_reason: str
+    references: dict[str, float]  # published figures for this task
+    figures: dict[str, Any]  # name -> matplotlib figure
 
 
 @dataclass
@@ -137,9 +153,10 @@ def code_version(model: str, task: str) -> str:
 
 
 def failure_reason(e: BaseException) -> str:
-    if isinstance(e, torch.cuda.OutOfMemoryError | MemoryError):
-        return f"out of memory: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    # CUDA's and Python's own, and the CPU allocator's RuntimeError ("can't allocate memory")
+    if isinstance(e, torch.cuda.OutOfMemoryError | MemoryError) or "can't allocate memory" in text:
+        return f"out of memory: {text or type(e).__name__}"[:500]
     if "could not create a primitive descriptor" in text:  # oneDNN, e.g. an LSTM in bf16 on most CPUs
         text = f"this CPU's oneDNN has no kernel for a layer at this precision (train.precision); {text}"
     return f"{type(e).__name__}: {text}"[:500]
@@ -179,7 +196,7 @@ class Runner:
         self.env_tags = environment_tags(self.device)
         self.device_kind = device_kind(self.device)
         self._data: OrderedDict[str, tuple[Task, Splits]] = OrderedDict()
-        self.fitting = False  # inside trainer.fit (where an interrupt is safe to raise)
+        self._reaped: set[str] = set()  # tasks whose abandoned runs were looked for
 
     def data(self, config: RunConfig) -> tuple[Task, Splits]:
         """The task and its splits; kept for the next runs that use the same data."""
@@ -208,7 +225,11 @@ class Runner:
         Tuning passes its pruning ``callbacks``, extra ``tags`` (the parent study run, the
         trial) and ``evaluate_test=False``: a trial is chosen on validation alone, and the test
         split is left for the tuned configuration's own runs. Such runs are never looked up as
-        earlier results. A callback's ``stop_reason``, when set, becomes the run's stop reason.
+        earlier results, nor claimed. A ``StoppingCallback`` that ends training gives the run's
+        stop reason.
+
+        A leaderboard run (kind "run") is claimed through the store: while another process's
+        run of the same configuration is alive, the result is "busy" and nothing is written.
         """
         task_cls = tasks.get_task(config.task.name)
         result = RunResult(config, "finished", primary_metric=task_cls.primary_metric,
@@ -216,14 +237,13 @@ class Runner:
         kind = (tags or {}).get("kind", "run")
         code = code_version(config.model, config.task.name)
         cache_key = hashlib.sha256(f"{config.config_hash} {self.device_kind} {code}".encode()).hexdigest()[:16]
-        if not self.rerun and kind == "run":
-            done = self.tracker.find_finished(config.task.name, cache_key)
-            if done is not None:  # the same configuration, on the same kind of device, with the same code
-                result.status, result.run_id, result.metrics = "cached", done.info.run_id, dict(done.data.metrics)
-                result.references = {k.split(".", 1)[1]: float(v) for k, v in done.data.tags.items()
-                                     if k.startswith("reference.")}
-                result.stop_reason = done.data.tags.get("stop_reason", "")
-                return result
+        task = config.task.name
+        if task not in self._reaped:  # runs that processes killed without a word left RUNNING
+            self.tracker.reap(task)
+            self._reaped.add(task)
+        claims = kind == "run"
+        if claims and self._done_or_held(result, self.tracker.claim(task, cache_key)):
+            return result
         reason = self._incompatibility(config)
         if reason:
             result.status, result.reason = "refused", reason
@@ -232,7 +252,7 @@ class Runner:
         tags = {
             **self.env_tags,
             "model": config.model,
-            "task": config.task.name,
+            "task": task,
             "task_variant": config.task.label,
             "seed": str(config.seed),
             "profile": config.profile,
@@ -245,37 +265,126 @@ class Runner:
             "kind": kind,
             **(tags or {}),
         }
-        result.run_id = self.tracker.start(config.task.name, run_name or f"{config.model}-{suffix}s{config.seed}",
-                                           config.flat(), tags)
+        with self.tracker.claim_lock() if claims else contextlib.nullcontext(), requests.polled():
+            if claims and self._done_or_held(result, self.tracker.claim(task, cache_key)):
+                return result  # finished or claimed by another process since the first look
+            result.run_id = mine = self.tracker.start(task, run_name or f"{config.model}-{suffix}s{config.seed}",
+                                                      config.flat(), tags)
         t0 = time.perf_counter()
         try:
-            with PeakMemory(self.device) as memory:
-                metrics, history, stop, references, figures = self._train_and_test(config, callbacks, evaluate_test)
-            metrics.update(memory.metrics())
-            t_record = time.perf_counter()
-            self._log_figures(result.run_id, figures)
-            self.tracker.log_history(result.run_id, history)
-            metrics["time/record_s"] = time.perf_counter() - t_record  # figures and curves, into the store
-            metrics["time/total_s"] = time.perf_counter() - t0
-            result.metrics, result.references, result.stop_reason = metrics, references, stop
-            self.tracker.log_metrics(result.run_id, metrics)
-            self.tracker.set_tags(result.run_id, {"stop_reason": stop,
-                                                  **{f"reference.{k}": f"{v:.6g}" for k, v in references.items()}})
-            self.tracker.end(result.run_id, "FINISHED")
-        except KeyboardInterrupt:
-            self.tracker.set_tags(result.run_id, {"failure_reason": "interrupted by the user"})
-            self.tracker.end(result.run_id, "KILLED")
-            raise
+            requests.check()  # a stop request that came while the run was being created
+            if claims and not self.tracker.exclusive_claims:  # no lock across machines: look again
+                claim = self.tracker.claim(task, cache_key, mine=mine)
+                if self._done_or_held(result, claim):
+                    self.tracker.give_way(mine, result.run_id)
+                    return result
+            with Heartbeat(self.tracker, result.run_id):
+                with PeakMemory(self.device) as memory:
+                    outcome = self.fit_and_evaluate(config, result.run_id, callbacks, evaluate_test)
+                with requests.polled():  # a first Ctrl+C waits until the run is recorded
+                    self._record(result, outcome, memory.metrics(), t0)
+        except (KeyboardInterrupt, Interrupted):
+            with requests.polled():
+                self.tracker.set_tags(mine, {"failure_reason": requests.deliver()})
+                self.tracker.end(mine, "KILLED")
+            raise KeyboardInterrupt from None
         except Exception as e:  # noqa: BLE001 - any failure is recorded and the sweep goes on
+            if requests.pending is not None:  # caused by the stop request (e.g. loader workers it killed)
+                with requests.polled():
+                    self.tracker.set_tags(mine, {"failure_reason": requests.deliver()})
+                    self.tracker.end(mine, "KILLED")
+                raise KeyboardInterrupt from None
             result.status, result.reason = "failed", failure_reason(e)
-            self.tracker.set_tags(result.run_id, {"failure_reason": result.reason})
-            self.tracker.log_text(result.run_id, traceback.format_exc(), "error.txt")
-            self.tracker.end(result.run_id, "FAILED")
+            result.run_id = mine
+            with requests.polled():
+                self.tracker.set_tags(mine, {"failure_reason": result.reason})
+                self.tracker.log_text(mine, traceback.format_exc(), "error.txt")
+                self.tracker.end(mine, "FAILED")
         finally:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         result.wall_s = time.perf_counter() - t0
+        requests.raise_pending()  # a stop request that came while the run was being recorded
         return result
+
+    def _done_or_held(self, result: RunResult, claim: Claim) -> bool:
+        """Fill ``result`` when the configuration needs no run here: it finished earlier (the
+        same configuration, on the same kind of device, with the same code; unless --rerun),
+        or another live process trains it (busy)."""
+        if claim.finished is not None and not self.rerun:
+            self._fill_cached(result, claim.finished)
+            return True
+        if claim.holder is not None:
+            result.status, result.run_id = "busy", claim.holder.run_id
+            result.reason = f"being trained by {claim.holder.owner.split('/')[0]} (run {claim.holder.run_id})"
+            return True
+        return False
+
+    @staticmethod
+    def _fill_cached(result: RunResult, done: Any) -> None:
+        result.status, result.run_id, result.metrics = "cached", done.info.run_id, dict(done.data.metrics)
+        result.references = {k.split(".", 1)[1]: float(v) for k, v in done.data.tags.items()
+                             if k.startswith("reference.")}
+        result.stop_reason, result.reason = done.data.tags.get("stop_reason", ""), ""
+
+    def _record(self, result: RunResult, outcome: Outcome, memory: dict[str, float], t0: float) -> None:
+        """Write a finished run's figures, metrics and tags, and end it FINISHED. Its learning
+        curve is in the store already: it was written as the validations happened."""
+        metrics = {**outcome.metrics, **memory}
+        t_record = time.perf_counter()
+        self._log_figures(result.run_id, outcome.figures)
+        metrics["time/record_s"] = time.perf_counter() - t_record  # figures, into the store
+        metrics["time/total_s"] = time.perf_counter() - t0
+        result.metrics, result.references, result.stop_reason = metrics, outcome.references, outcome.stop_reason
+        self.tracker.log_metrics(result.run_id, metrics)
+        self.tracker.set_tags(result.run_id, {"stop_reason": outcome.stop_reason,
+                                              **{f"reference.{k}": f"{v:.6g}" for k, v in outcome.references.items()}})
+        self.tracker.end(result.run_id, "FINISHED")
+
+    def wait(self, result: RunResult, every_s: float = 5.0) -> Any:
+        """Wait until the run that kept ``result`` busy has ended, was abandoned or gave way;
+        that run, as it is then."""
+        run = self.tracker.client.get_run(result.run_id)
+        while run.info.status == "RUNNING" and run.info.lifecycle_stage != "deleted":
+            if self.tracker.abandoned(run):
+                self.tracker.mark_abandoned(run)
+            else:
+                time.sleep(every_s)
+                requests.raise_pending()
+            run = self.tracker.client.get_run(result.run_id)
+        return run
+
+    def sweep(self, runs: list[tuple[RunConfig, dict[str, str]]], on_result: Any = None) -> list[RunResult]:
+        """Run each (configuration, tags) in turn; return their results in the same order.
+
+        A configuration that another process is training is put off to the end of the sweep,
+        then waited for: if that run finished, its result counts here as recorded earlier; if
+        it failed or was abandoned, it is trained here."""
+        results: list[RunResult | None] = [None] * len(runs)
+        deferred = []
+        for i, (config, tags) in enumerate(runs):
+            requests.raise_pending()
+            result = self.run(config, tags=tags)
+            if result.status == "busy":
+                deferred.append((i, result))
+                continue
+            results[i] = result
+            if on_result is not None:
+                on_result(result)
+        for i, busy in deferred:
+            if self.listener is not None:
+                self.listener.on_wait(busy)
+            result = busy
+            while result.status == "busy":  # (again, if a third process took it over in the meantime)
+                done = self.wait(result)
+                if done.info.status == "FINISHED" and done.info.lifecycle_stage != "deleted":
+                    self._fill_cached(result, done)  # trained elsewhere during this sweep, --rerun or not
+                else:
+                    result = self.run(runs[i][0], tags=runs[i][1])
+            results[i] = result
+            if on_result is not None:
+                on_result(result)
+        return [r for r in results if r is not None]
 
     def _build(self, config: RunConfig, task: Task, splits: Splits) -> Any:
         spec = models.get_model(config.model)
@@ -329,9 +438,11 @@ class Runner:
             self.tracker.log_figure(run_id, figure, name)
             plt.close(figure)
 
-    def _train_and_test(
-        self, config: RunConfig, extra: tuple[L.Callback, ...] = (), evaluate_test: bool = True
-    ) -> tuple[dict[str, float], list, str, dict[str, float], dict]:
+    def fit_and_evaluate(
+        self, config: RunConfig, run_id: str = "", extra: tuple[L.Callback, ...] = (), evaluate_test: bool = True
+    ) -> Outcome:
+        """Train ``config``'s model and score its best checkpoint. Each validation during
+        training is written to run ``run_id`` as it happens (the live learning curve)."""
         budget, train = config.budget, config.train
         L.seed_everything(config.seed, workers=True, verbose=False)
         task, splits = self.data(config)
@@ -351,7 +462,9 @@ class Runner:
         mode = "max" if task.higher_is_better else "min"
         throughput = Throughput(budget["meter_warmup_steps"], task.tokens)
         early = EarlyStopping(monitor, mode=mode, patience=budget["patience"])
-        callbacks: list[L.Callback] = [throughput, early, *extra]
+        callbacks: list[L.Callback] = [throughput, early, *extra, _StopCheck()]
+        if run_id:
+            callbacks.append(_LiveCurve(self.tracker, run_id))
         if self.listener is not None:
             self.listener.on_start(config, total_steps)
             callbacks.append(_Progress(self.listener))
@@ -380,19 +493,8 @@ class Runner:
             if hasattr(net, "fit_data"):  # count-based baselines
                 net.fit_data(train_loader)
             trainable = any(p.requires_grad for p in module.parameters())
-            try:
-                if trainable:
-                    self.fitting = True
-                    trainer.fit(module, train_loader, val_loader)
-            except SystemExit:
-                # Lightning turns Ctrl+C into sys.exit(1) and ignores SIGINT from then on:
-                # give the user their Ctrl+C back and let the sweep see an interruption.
-                if trainer.interrupted:
-                    signal.signal(signal.SIGINT, signal.default_int_handler)
-                    raise KeyboardInterrupt from None
-                raise
-            finally:
-                self.fitting = False
+            if trainable:
+                lightning_call(trainer, trainer.fit, module, train_loader, val_loader)
             train_s = time.perf_counter() - t_fit
             if self.listener is not None:
                 self.listener.on_evaluate()
@@ -402,26 +504,13 @@ class Runner:
             t_eval = time.perf_counter()
             chosen = _validation_of(module.history, ckpt)
             if chosen is None:
-                trainer.validate(module, val_loader, ckpt_path=ckpt, verbose=False)
+                lightning_call(trainer, trainer.validate, module, val_loader, ckpt_path=ckpt, verbose=False)
             else:  # the validation that chose the checkpoint: the same weights, batches and metrics
                 module.results["val"] = chosen
             if evaluate_test:
-                trainer.test(module, test_loader, ckpt_path=ckpt, verbose=False)
+                lightning_call(trainer, trainer.test, module, test_loader, ckpt_path=ckpt, verbose=False)
             eval_s = time.perf_counter() - t_eval
 
-        stopped_by = [cb.stop_reason for cb in extra if getattr(cb, "stop_reason", "")]
-        if stopped_by:
-            stop = stopped_by[0]
-        elif not trainable:
-            stop = "nothing to train"
-        elif early.stopped_epoch > 0 or early.wait_count >= early.patience:
-            stop = "early stopping"
-        elif trainer.global_step >= budget["max_steps"]:
-            stop = "max_steps"
-        elif train_s >= budget["max_time_s"]:
-            stop = "max_time"
-        else:
-            stop = "max_epochs"
         metrics: dict[str, float] = {f"val/{k}": v for k, v in module.results["val"].items()}
         metrics.update({f"test/{k}": v for k, v in module.results.get("test", {}).items()})
         metrics.update(throughput.metrics())
@@ -442,7 +531,75 @@ class Runner:
                 return module(batch["x"].to(self.device), batch["mask"].to(self.device)).cpu()
 
         figures = task.figures(predict, splits, module.last_stats["test"]) if evaluate_test else {}
-        return metrics, module.history, stop, task.references(), figures
+        stop = stop_reason(trainer, early, extra, budget, train_s, trainable)
+        return Outcome(metrics, module.history, stop, task.references(), figures)
+
+
+class StoppingCallback(L.Callback):
+    """A callback that may end training early (tuning's pruner) says why here; that becomes the
+    run's stop reason."""
+
+    stop_reason: str = ""
+
+
+def stop_reason(trainer: L.Trainer, early: EarlyStopping, extra: tuple[L.Callback, ...], budget: dict[str, Any],
+                train_s: float, trainable: bool) -> str:
+    """Why training ended: a stopping callback's reason, or the first budget limit reached."""
+    stopped_by = [cb.stop_reason for cb in extra if isinstance(cb, StoppingCallback) and cb.stop_reason]
+    if stopped_by:
+        return stopped_by[0]
+    if not trainable:
+        return "nothing to train"
+    if early.stopped_epoch > 0 or early.wait_count >= early.patience:
+        return "early stopping"
+    if trainer.global_step >= budget["max_steps"]:
+        return "max_steps"
+    if train_s >= budget["max_time_s"]:
+        return "max_time"
+    return "max_epochs"
+
+
+def lightning_call(trainer: L.Trainer, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """``trainer.fit``, ``validate`` or ``test``, where a stop request waits for the next batch
+    boundary (``_StopCheck``). Lightning turns a KeyboardInterrupt that does land inside into
+    ``sys.exit(1)`` and ignores Ctrl+C from then on: that becomes a KeyboardInterrupt again, and
+    Ctrl+C is handled as before; any other exit inside Lightning is a failure of the run."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with requests.polled():
+            return call(*args, **kwargs)
+    except SystemExit as e:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise RuntimeError(f"Lightning exited (code {e.code}) during {call.__name__}") from None
+    finally:
+        requests.restore(previous)
+
+
+class _StopCheck(L.Callback):
+    """Raise a pending stop request at batch boundaries, inside Lightning's loops."""
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        requests.check()
+
+    def on_validation_batch_end(self, *args: Any) -> None:
+        requests.check()
+
+    def on_test_batch_end(self, *args: Any) -> None:
+        requests.check()
+
+
+class _LiveCurve(L.Callback):
+    """Write each validation of training (its metrics, the training loss and learning rate
+    since the last one) to the run as it happens, so that a long run's curve can be watched
+    in the UI and a run that fails or is stopped keeps it."""
+
+    def __init__(self, tracker: Tracker, run_id: str) -> None:
+        self.tracker, self.run_id = tracker, run_id
+
+    def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
+        if trainer.state.fn == "fit" and module.history:
+            self.tracker.log_history(self.run_id, module.history[-1:])
 
 
 def middle_batch(loader: DataLoader) -> dict[str, torch.Tensor]:

@@ -95,14 +95,29 @@ def parse_dimension(key: str, value: Any, type_str: str) -> Dimension:
     return Dimension(key, (one(text),), fixed=True)
 
 
+MAX_SPACE_FILE_BYTES = 1_000_000  # a search space is a few lines; this stops a stray /dev/zero
+
+
 def read_space_file(path: Path) -> dict[str, dict[str, Any]]:
-    """{"*": {key: value}, "<model>": {key: value}} from a TOML file."""
+    """{"*": {key: value}, "<model>": {key: value}} from a TOML file. Whatever bytes it
+    holds, a file that is not a search space is a one-line BenchError naming it."""
     try:
-        data = tomllib.loads(path.read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SPACE_FILE_BYTES + 1)
     except OSError as e:
         raise BenchError(f"Cannot read the space file {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_SPACE_FILE_BYTES:
+        raise BenchError(f"Invalid space file {path}: more than {MAX_SPACE_FILE_BYTES:,} bytes; "
+                         "a search space is a TOML file of a few lines")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BenchError(f"Invalid space file {path}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); "
+                         "TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise BenchError(f"Invalid space file {path}: {e}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise BenchError(f"Invalid space file {path}: nested too deeply") from None
     def flatten(table: dict[str, Any]) -> dict[str, Any]:
         # Unquoted, `train.lr = …` is TOML for the table {"train": {"lr": …}}: the same key.
         flat: dict[str, Any] = {}
@@ -116,6 +131,8 @@ def read_space_file(path: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {"*": {}}
     for key, value in flatten(data).items():
         if isinstance(value, dict) and "." not in key:
+            if key == "*":  # would replace the top level, which this mapping keeps under "*"
+                raise BenchError(f"Invalid space file {path}: a table is named '*'; tables are named after models")
             out[key] = flatten(value)
         else:
             out["*"][key] = value
@@ -164,7 +181,22 @@ def user_spaces(
         # The command line wins over the file, and a model's own table over the file's top level.
         merged = {**given["*"], **given.get(m, {}), **cli}
         spaces[(m, t)] = {k: parse_dimension(k, v, known[k]) for k, v in merged.items() if k in known}
+        for dim in spaces[(m, t)].values():
+            if dim.key.startswith("train."):
+                check_train_values(dim)
     return spaces
+
+
+def check_train_values(dim: Dimension) -> None:
+    """Each choice, or both bounds, of a ``train.*`` dimension must make a valid TrainConfig (a
+    schedule's name, lr > 0): a bad one is an input error now, not a failed trial later.
+    (Model and task values are checked by their own classes, which need torch: at trial time.)"""
+    name = dim.key.removeprefix("train.")
+    for value in dim.choices or (dim.low, dim.high):
+        try:
+            TrainConfig(**{name: value})
+        except (ValueError, TypeError) as e:
+            raise BenchError(f"Invalid search space for {dim.key}: {e}") from None
 
 
 class SpaceTrial:

@@ -5,13 +5,26 @@ Metric keys follow one scheme so runs of different models compare in the UI:
 ``val/<metric>``, ``test/<metric>``, ``train/loss``, ``perf/<meter>``, ``model/params``.
 The default store is embedded (SQLite under ``results/``): nothing to start, and
 ``mlflow ui --backend-store-uri sqlite:///results/mlflow.db`` opens it.
+
+Any number of processes may share a store. A run of the harness is alive while its
+heartbeat tag moves (``Heartbeat``: every ``HEARTBEAT_S`` seconds, from a thread); a RUNNING
+run whose owner process is gone (same host) or whose heartbeat is older than
+``STALE_AFTER_S`` was abandoned (kill -9, power loss) and is marked FAILED with the reason
+"abandoned: no heartbeat". The RUNNING run of a configuration is also its claim: a second
+process that wants the same configuration waits for it instead of training it again
+(``claim``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +35,68 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from bench.errors import BenchError  # noqa: E402
+from bench.store import creation_lock, default_tracking_uri, sqlite_path  # noqa: E402,F401 - re-exported
+
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating tables
+log = logging.getLogger(__name__)
 
 EXPERIMENT_PREFIX = "seqbench/"
+OWNER_TAG = "seqbench.owner"  # host/pid/start time of the process that runs it
+HEARTBEAT_TAG = "seqbench.heartbeat"  # seconds since the epoch, refreshed while it runs
+HEARTBEAT_S = float(os.environ.get("SEQBENCH_RUN_HEARTBEAT_S") or 15)
+STALE_AFTER_S = float(os.environ.get("SEQBENCH_STALE_AFTER_S") or 8 * HEARTBEAT_S)
+ABANDONED = "abandoned: no heartbeat"
+OPEN_ATTEMPTS = 4  # a store that does not answer is tried this many times, then named in an error
 
 
-def default_tracking_uri(results_dir: Path) -> str:
-    return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+def _start_ticks(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot): with the pid, names one process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def this_machine() -> str:
+    """This boot of this kernel and this pid namespace: containers that share a host name
+    (--uts host) or machines with the same name do not share process ids."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot}:{namespace}"
+
+
+def this_process() -> str:
+    return f"{platform.node()}/{os.getpid()}/{_start_ticks(os.getpid())}/{this_machine()}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the process named by an owner tag still runs: None when it is on another
+    machine or in another pid namespace (then only its heartbeat tells)."""
+    host, pid, ticks, machine = (owner.split("/") + ["", "", "", ""])[:4]
+    if host != platform.node() or not machine or machine != this_machine() or not pid.isdigit() or not ticks:
+        return None
+    return _start_ticks(int(pid)) == ticks
+
+
+@dataclass
+class Holder:
+    """A live RUNNING run of a configuration, in this process or another."""
+
+    run_id: str
+    owner: str
+
+
+@dataclass
+class Claim:
+    """What the store holds of one configuration (one cache key)."""
+
+    finished: Any | None  # its latest FINISHED leaderboard run
+    holder: Holder | None  # the live run that claimed it first (other than the asker's own)
 
 
 class Tracker:
@@ -39,8 +107,51 @@ class Tracker:
         # client writes them, under results/.
         self.local_artifacts = not tracking_uri.startswith(("http:", "https:", "databricks"))
         self.artifact_root = (results_dir / "mlartifacts").resolve()
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._client: MlflowClient | None = None
         self._experiments: dict[str, str] = {}
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client. Making it opens the store, and MLflow creates or migrates a new
+        SQLite store's schema then: under a lock, so that processes starting together on a new
+        store take turns."""
+        if self._client is None:
+            path = sqlite_path(self.uri)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would (the CLI checked it first)
+                with creation_lock(path):
+                    self._client = MlflowClient(tracking_uri=self.uri)
+                    self._client.search_experiments(max_results=1)
+            else:
+                self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def connect(self) -> Tracker:
+        """Open the store now, so that one that cannot be used is named in one line before any
+        run starts. A new SQLite store is created under a lock (its migrations must not run
+        twice at once); other stores that do not answer are retried a bounded number of times."""
+        path = sqlite_path(self.uri)
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            try:
+                self.client.search_experiments(max_results=1)
+                return self
+            except BenchError:
+                raise
+            except Exception as e:  # noqa: BLE001 - named in one line below
+                text = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                busy = path is not None and "locked" in text
+                if busy and attempt == OPEN_ATTEMPTS:
+                    raise BenchError(f"The run store {self.uri} stayed locked by another process: {text}; "
+                                     "try again when it is done") from None
+                if (path is not None and not busy) or attempt == OPEN_ATTEMPTS:
+                    hint = ("move it aside to start a new store, or name another with --results"
+                            if path is not None else "check that it runs and is reachable, or name another "
+                            "with --tracking-uri")
+                    raise BenchError(f"The run store {self.uri} cannot be used: {text}; {hint}") from None
+                log.warning("The run store %s did not answer (%s); trying again (%d of %d)", self.uri, text,
+                            attempt, OPEN_ATTEMPTS)
+                time.sleep(2 * attempt)
+        return self
 
     def experiment_id(self, task: str) -> str:
         name = EXPERIMENT_PREFIX + task
@@ -60,17 +171,6 @@ class Tracker:
             self._experiments[name] = exp_id
         return self._experiments[name]
 
-    def find_finished(self, task: str, cache_key: str) -> Any | None:
-        """A finished run with this cache key (the configuration, the kind of device and the
-        version of the code: see ``Runner.run``), if one was recorded (tuning trials, which
-        skip the test split, do not count)."""
-        runs = self.client.search_runs(
-            [self.experiment_id(task)],
-            filter_string=f"tags.cache_key = '{cache_key}' and attributes.status = 'FINISHED'",
-            max_results=50,
-        )
-        return next((r for r in runs if r.data.tags.get("kind", "run") == "run"), None)
-
     def search(self, task: str, filter_string: str) -> list[Any]:
         return self.client.search_runs([self.experiment_id(task)], filter_string=filter_string, max_results=1000)
 
@@ -85,6 +185,8 @@ class Tracker:
             self.client.set_terminated(run_id, status=status)
 
     def start(self, task: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """A RUNNING run, with its owner and a first heartbeat (keep it alive with ``Heartbeat``)."""
+        tags = {**tags, OWNER_TAG: this_process(), HEARTBEAT_TAG: f"{time.time():.0f}"}
         run = self.client.create_run(self.experiment_id(task), run_name=run_name, tags=tags)
         run_id = run.info.run_id
         items = [Param(k, str(v)) for k, v in params.items()]
@@ -122,3 +224,100 @@ class Tracker:
 
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
+
+    # -- liveness and claims ---------------------------------------------------------------
+    def abandoned(self, run: Any, now: float | None = None) -> bool:
+        """Whether a RUNNING run was left behind by a process that is gone."""
+        tags = run.data.tags
+        alive = owner_alive(tags.get(OWNER_TAG, ""))
+        if alive is not None:
+            return not alive
+        try:
+            last = float(tags[HEARTBEAT_TAG])
+        except (KeyError, ValueError):  # recorded before heartbeats: its start is its last sign of life
+            last = (run.info.start_time or 0) / 1000
+        return (now or time.time()) - last > STALE_AFTER_S
+
+    def mark_abandoned(self, run: Any) -> None:
+        self.set_tags(run.info.run_id, {"failure_reason": ABANDONED})
+        self.end(run.info.run_id, "FAILED")
+        log.warning("run %s (%s) was abandoned by %s: marked FAILED", run.info.run_id,
+                    run.data.tags.get("mlflow.runName", ""), run.data.tags.get(OWNER_TAG, "an older version"))
+
+    def reap(self, task: str) -> int:
+        """Mark this task's abandoned runs FAILED ("abandoned: no heartbeat"); how many were."""
+        found = 0
+        for run in self.search(task, "attributes.status = 'RUNNING'"):
+            if run.data.tags.get("kind", "run") in ("run", "trial") and self.abandoned(run):
+                self.mark_abandoned(run)
+                found += 1
+        return found
+
+    def claim(self, task: str, cache_key: str, mine: str = "") -> Claim:
+        """One look at a configuration: its finished run, and the live run that claims it, if
+        any (abandoned ones are marked on the way); with ``mine``, only a claim made before
+        run ``mine`` counts."""
+        runs = [r for r in self.search(task, f"tags.cache_key = '{cache_key}'")
+                if r.data.tags.get("kind", "run") == "run"]
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        running = []
+        for run in runs:
+            if run.info.status == "RUNNING":
+                if self.abandoned(run):
+                    self.mark_abandoned(run)
+                else:
+                    running.append(run)
+        running.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        first = running[0] if running and running[0].info.run_id != mine else None
+        return Claim(max(finished, key=lambda r: r.info.start_time or 0) if finished else None,
+                     Holder(first.info.run_id, first.data.tags.get(OWNER_TAG, "another process")) if first else None)
+
+    @contextmanager
+    def claim_lock(self) -> Iterator[None]:
+        """Around looking at a configuration and starting its run: on a SQLite store, processes
+        on this machine take turns, so that exactly one of them claims it. (An MLflow server or a
+        shared database gives no such lock: the claimant checks again once its run exists, and
+        the later claim gives way; see ``Runner.run``.)"""
+        path = sqlite_path(self.uri)
+        if path is None:
+            yield
+            return
+        with creation_lock(path.with_name(path.name + ".claims")):
+            yield
+
+    @property
+    def exclusive_claims(self) -> bool:
+        return sqlite_path(self.uri) is not None
+
+    def give_way(self, run_id: str, holder: str) -> None:
+        """A claim made a moment after another one: ended, and deleted (nothing ran)."""
+        self.set_tags(run_id, {"failure_reason": f"gave way to run {holder}, which claimed it first"})
+        self.end(run_id, "KILLED")
+        self.delete(run_id)
+
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+
+class Heartbeat:
+    """Refresh a run's heartbeat tag from a thread while the run lives (a with-block)."""
+
+    def __init__(self, tracker: Tracker, run_id: str, every_s: float = HEARTBEAT_S) -> None:
+        self.tracker, self.run_id, self.every_s = tracker, run_id, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.tracker.client.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+            except Exception as e:  # noqa: BLE001 - a store busy for a moment; the next beat tries again
+                log.warning("heartbeat of run %s not written: %s", self.run_id, e)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

@@ -42,7 +42,8 @@ import models
 import tasks
 from bench.config import RunConfig, TrainConfig
 from bench.errors import BenchError
-from bench.runner import Runner, RunResult
+from bench.runner import Runner, RunResult, StoppingCallback
+from bench.signals import requests
 from bench.space import Dimension, sample
 from bench.tracking import Tracker
 
@@ -167,7 +168,7 @@ def make_pruner(name: str, val_every_steps: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-class PruningCallback(L.Callback):
+class PruningCallback(StoppingCallback):
     """Reports the monitored validation metric to the trial at every validation during
     training, stepped by optimizer step, and stops training when the pruner says so.
 
@@ -273,9 +274,8 @@ class Tuner:
         self.listener = listener  # study(name, counted) and trial_done(plan, trial, census, best), e.g. TuneProgress
         self.worker = f"{platform.node()}:{os.getpid()}"
         self.current: int | None = None  # the trial this worker is running
-        # Set by bench tune's handler of Ctrl+C and SIGTERM, which raises KeyboardInterrupt
-        # only while a trial trains (raised elsewhere, e.g. inside a destructor, it would be
-        # printed and lost): no new trial starts once it is set.
+        # No new trial starts once this is set, or once Ctrl+C or SIGTERM came (bench.signals,
+        # installed graceful by bench tune: a trial that trains stops at its next batch).
         self.stop_requested = False
 
     # -- the study and its parent run -------------------------------------------------
@@ -367,6 +367,9 @@ class Tuner:
     def work(self, plan: StudyPlan, n_trials: int, timeout_s: float | None = None) -> StudyOutcome:
         """Run trials until the study holds ``n_trials`` finished ones (or ``timeout_s`` has
         passed: no new trial starts after it)."""
+        if self.stop_requested or requests.pending is not None:  # before the study is opened or marked RUNNING
+            requests.deliver()
+            raise KeyboardInterrupt
         study = self.open(plan)
         outcome = StudyOutcome(plan.name)
         outcome.parent_run_id = parent = self.parent_run(study, plan)
@@ -375,7 +378,8 @@ class Tuner:
         t0 = time.perf_counter()
         try:
             while timeout_s is None or time.perf_counter() - t0 < timeout_s:
-                if self.stop_requested:
+                if self.stop_requested or requests.pending is not None:
+                    requests.deliver()
                     raise KeyboardInterrupt
                 optuna.storages.fail_stale_trials(study)  # trials of workers that died: retried
                 census = Census.of(study.get_trials(deepcopy=False))

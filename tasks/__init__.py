@@ -7,7 +7,7 @@ used by the CLI before anything heavy is imported, so the registry is loaded laz
 
 from typing import Any
 
-__all__ = ["TASKS", "OutputSpec", "Splits", "Task", "get_task", "register_task"]
+__all__ = ["TASKS", "DataShape", "OutputSpec", "Splits", "Task", "get_task", "register_task"]
 
 
 def __getattr__(name: str) -> Any:

@@ -98,8 +98,9 @@ def download(
     """Fetch ``file.url`` to ``target``, verifying the checksum before moving it into place.
 
     The bytes go to ``target.part`` first, so an interrupted or truncated transfer never
-    leaves a file that looks complete; a transfer shorter than its Content-Length raises."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    leaves a file that looks complete; a transfer shorter than its Content-Length raises.
+    A download that fails leaves nothing behind: no file, and no directory it created."""
+    created = make_dirs(target.parent)
     part = target.with_name(target.name + ".part")
     try:
         with urllib.request.urlopen(file.url, timeout=timeout) as response, open(part, "wb") as out:
@@ -119,6 +120,33 @@ def download(
         part.replace(target)
     finally:
         part.unlink(missing_ok=True)
+        if not target.is_file():
+            remove_empty(created)
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """Create ``path`` with its missing parents; return those it created, deepest first."""
+    created = []
+    missing = path
+    while not missing.exists() and missing != missing.parent:
+        created.append(missing)
+        missing = missing.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        remove_empty(created)
+        raise
+    return created
+
+
+def remove_empty(directories: list[Path]) -> None:
+    """Remove ``directories`` (deepest first) while they are empty; one that another process
+    filled meanwhile stays, with its parents."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            break
 
 
 def ensure(

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from tasks.data import DataFile, ensure
 from tasks.plots import forecast_figure
-from tasks.registry import WINDOW_NORM, Batch, OutputSpec, Splits, Task, register_task
+from tasks.registry import WINDOW_NORM, Batch, DataShape, OutputSpec, Splits, Task, register_task
 
 COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 HOURS_PER_MONTH = 30 * 24
@@ -98,6 +98,12 @@ class ETTTask(Task):
     @property
     def n_channels(self) -> int:
         return len(COLUMNS) if self.params.features == "M" else 1
+
+    @classmethod
+    def data_shape(cls, params: ETTParams) -> DataShape:
+        # Windows are views into the series read from its file: nothing is generated.
+        return DataShape(n_features=len(COLUMNS) if params.features == "M" else 1, season=24 * cls.rows_per_hour,
+                         seq_len=params.lookback, max_len=params.lookback)
 
     @property
     def output(self) -> OutputSpec:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from tasks.data import DataFile, ensure
 from tasks.plots import forecast_figure
-from tasks.registry import WINDOW_NORM, Batch, OutputSpec, Splits, Task, TensorSplit, register_task
+from tasks.registry import WINDOW_NORM, Batch, DataShape, OutputSpec, Splits, Task, TensorSplit, register_task
 
 
 @dataclass
@@ -52,6 +52,11 @@ class SeriesTask(Task):
 
     def files(self) -> list[DataFile]:
         return [self.file]
+
+    @classmethod
+    def data_shape(cls, params: SeriesParams) -> DataShape:
+        # The series is read from its file (a few thousand values); its windows are sized by it.
+        return DataShape(n_features=1, season=cls.season, seq_len=params.lookback, max_len=params.lookback)
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.data import DataFile, ensure
-from tasks.registry import Batch, OutputSpec, Splits, Task, TensorSplit, register_task
+from tasks.registry import Batch, DataShape, OutputSpec, Splits, Task, TensorSplit, register_task
 
 PAD, UNK = 0, 1
 
@@ -57,6 +57,12 @@ class TimeMachine(Task):
 
     def files(self) -> list[DataFile]:
         return [self.file]
+
+    @classmethod
+    def data_shape(cls, params: CharLMParams) -> DataShape:
+        # preprocess() keeps 26 letters and the space; with padding and unknown: at most 29 ids.
+        # The text (~180k characters) is read from its file.
+        return DataShape(vocab_size=29, max_len=params.seq_len)
 
     @property
     def output(self) -> OutputSpec:

@@ -120,6 +120,21 @@ class Splits:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
+@dataclass(frozen=True)
+class DataShape:
+    """What a task knows of its data from its parameters alone, before generating or reading
+    any of it: enough to build a model on torch's meta device and to refuse a request that
+    this machine cannot hold (``bench.sizes``). The first four are as ``Splits`` will give them."""
+
+    vocab_size: int | None = None  # token ids below this (at most this, where the vocabulary is capped) ...
+    n_features: int | None = None  # ... or real-valued features per step
+    season: int | None = None
+    seq_len: int | None = None  # the length of every input sequence, where it is fixed
+    max_len: int | None = None  # the longest input sequence, where it is known before loading
+    n_train: int | None = None  # training samples, where known: no training batch is larger
+    generated_bytes: int = 0  # memory the generated splits hold; 0 for data read from files
+
+
 class Task(ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -144,6 +159,12 @@ class Task(ABC):
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         return dataclasses.asdict(cls.Params())
+
+    @classmethod
+    def data_shape(cls, params: Any) -> DataShape | None:
+        """The data's dimensions and footprint from ``params`` alone, or None where they are not
+        known before loading (the run itself then finds out)."""
+        return None
 
     @classmethod
     def recipe(cls, params: Any, budget: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tasks.registry import Batch, OutputSpec, Splits, Task, TensorSplit, register_task
+from tasks.registry import Batch, DataShape, OutputSpec, Splits, Task, TensorSplit, register_task
 
 VAL_SEED, TEST_SEED = 1_000_003, 2_000_003  # fixed: held-out sets never change with the run seed
 
@@ -63,6 +63,13 @@ class Copy(Task):
     higher_is_better = False
     seeded_data = True
     input_kind = "tokens"
+
+    @classmethod
+    def data_shape(cls, params: CopyParams) -> DataShape:
+        T = params.delay + 2 * params.n_symbols
+        n = params.n_train + params.n_val + params.n_test
+        # x and y, int64 each: 16 bytes a step
+        return DataShape(vocab_size=params.alphabet + 2, max_len=T, n_train=params.n_train, generated_bytes=16 * n * T)
 
     @property
     def output(self) -> OutputSpec:
@@ -155,6 +162,12 @@ class Adding(Task):
     primary_metric = "mse"
     higher_is_better = False
     seeded_data = True
+
+    @classmethod
+    def data_shape(cls, params: AddingParams) -> DataShape:
+        n, T = params.n_train + params.n_val + params.n_test, params.length
+        # float32 values and markers while generating, then x of two channels: 16 bytes a step
+        return DataShape(n_features=2, max_len=T, n_train=params.n_train, generated_bytes=16 * n * T)
 
     @property
     def output(self) -> OutputSpec:

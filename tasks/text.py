@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from tasks.data import DataFile, ensure
 from tasks.plots import confusion_figure
-from tasks.registry import Batch, OutputSpec, PaddedSplit, Splits, Task, register_task
+from tasks.registry import Batch, DataShape, OutputSpec, PaddedSplit, Splits, Task, register_task
 
 PAD, UNK = 0, 1
 _URL = re.compile(r"https?://\S+|www\.\S+")
@@ -126,6 +126,13 @@ class TextClassificationTask(Task):
     @property
     def output(self) -> OutputSpec:
         return OutputSpec("class_per_sequence", n_classes=self.n_classes)
+
+    @classmethod
+    def data_shape(cls, params: TextParams) -> DataShape:
+        # The vocabulary is at most its cap (the model is sized for that: an upper bound). How
+        # long the documents are is known only once they are read, so a batch's activations
+        # are left to the run; the parameter count is checked.
+        return DataShape(vocab_size=params.vocab_size)
 
     # The usual layout: a training file (validation is carved from it) and a test file.
     train_file: ClassVar[DataFile]

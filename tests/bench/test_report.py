@@ -16,6 +16,7 @@ from bench.catalog import load_catalog
 from bench.cli import main, parse_since
 from bench.errors import BenchError
 from bench.report import Run, average_ranks, boards, markdown, pareto, table_cells, welch_p
+from bench.tracking import Tracker, default_tracking_uri
 from models import MODELS
 from tests.bench.test_runner import _raise, wrapped_spec
 from tests.conftest import SMALL_TASK_PARAMS
@@ -107,6 +108,10 @@ def test_since_accepts_dates_and_durations() -> None:
 
 
 def test_report_without_runs_is_a_clear_error(results_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--results", str(results_dir)]) == 2
+    assert "No run store at" in capsys.readouterr().err  # and none is created (tests/bench/test_crash.py)
+    results_dir.mkdir()
+    Tracker(default_tracking_uri(results_dir), results_dir).connect()  # a store without runs
     assert main(["report", "--results", str(results_dir)]) == 2
     assert "No runs match" in capsys.readouterr().err
     assert main(["report", "--results", str(results_dir), "--format", "pdf"]) == 2

@@ -102,6 +102,25 @@ def test_missing_page_and_closed_port_give_one_clear_message(server: str, tmp_pa
     assert leftovers(tmp_path) == []
 
 
+def test_a_failed_download_creates_no_directory(server: str, tmp_path: Path) -> None:
+    """Nothing is written when a download fails: not ``<data-dir>/<dataset>/``, and not the data
+    directory itself when it did not exist; what was there before stays."""
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/good.csv"
+    data_dir = tmp_path / "new" / "data"
+    for url in (f"{server}/nothing-here.csv", f"{server}/corrupt.csv", f"{server}/truncated.csv", closed):
+        with pytest.raises(MissingDataError):
+            ensure(file_at(url), data_dir, allow_download=True)
+        assert list(tmp_path.iterdir()) == [], url
+    mine = data_dir / "airline" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("kept")
+    with pytest.raises(MissingDataError):
+        ensure(file_at(f"{server}/corrupt.csv"), data_dir, allow_download=True)
+    assert sorted(p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*")) == ["airline", "airline/notes.txt"]
+
+
 def test_present_file_with_wrong_bytes_is_a_checksum_error(tmp_path: Path) -> None:
     target = tmp_path / "airline" / "airline-passengers.csv"
     target.parent.mkdir(parents=True)
