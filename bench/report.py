@@ -139,15 +139,11 @@ def load_runs(client: Any, tasks: list[str] | None = None, models: list[str] | N
 def unfinished_reason(run: Run, now: float | None = None) -> str:
     """Why a run is not FINISHED: its recorded reason, or for a RUNNING one how long ago it
     last showed life (the next bench run marks an abandoned one FAILED)."""
-    from bench.tracking import HEARTBEAT_TAG, STALE_AFTER_S
+    from bench.tracking import STALE_AFTER_S, last_sign_of_life
 
     if run.status != "RUNNING":
         return run.tags.get("failure_reason", "no reason recorded")
-    try:
-        last = float(run.tags[HEARTBEAT_TAG])
-    except (KeyError, ValueError):
-        last = run.start_time / 1000
-    ago = (now or time.time()) - last
+    ago = (now or time.time()) - last_sign_of_life(run.tags, run.start_time)
     when = f"{ago:.0f} s" if ago < 120 else f"{ago / 60:.0f} min" if ago < 7200 else f"{ago / 3600:.1f} h"
     if ago > STALE_AFTER_S:
         return f"no heartbeat for {when}: abandoned (the next bench run marks it FAILED)"

@@ -284,16 +284,10 @@ class Runner:
                 with requests.polled():  # a first Ctrl+C waits until the run is recorded
                     self._record(result, outcome, memory.metrics(), t0)
         except (KeyboardInterrupt, Interrupted):
-            with requests.polled():
-                self.tracker.set_tags(mine, {"failure_reason": requests.deliver()})
-                self.tracker.end(mine, "KILLED")
-            raise KeyboardInterrupt from None
+            self._stopped(mine)
         except Exception as e:  # noqa: BLE001 - any failure is recorded and the sweep goes on
             if requests.pending is not None:  # caused by the stop request (e.g. loader workers it killed)
-                with requests.polled():
-                    self.tracker.set_tags(mine, {"failure_reason": requests.deliver()})
-                    self.tracker.end(mine, "KILLED")
-                raise KeyboardInterrupt from None
+                self._stopped(mine)
             result.status, result.reason = "failed", failure_reason(e)
             result.run_id = mine
             with requests.polled():
@@ -306,6 +300,13 @@ class Runner:
         result.wall_s = time.perf_counter() - t0
         requests.raise_pending()  # a stop request that came while the run was being recorded
         return result
+
+    def _stopped(self, run_id: str) -> None:
+        """Record a run that Ctrl+C or SIGTERM stopped as KILLED, then stop the sweep."""
+        with requests.polled():
+            self.tracker.set_tags(run_id, {"failure_reason": requests.deliver()})
+            self.tracker.end(run_id, "KILLED")
+        raise KeyboardInterrupt from None
 
     def _done_or_held(self, result: RunResult, claim: Claim) -> bool:
         """Fill ``result`` when the configuration needs no run here: it finished earlier (the

@@ -2,7 +2,7 @@
 
 Every check here costs microseconds and runs before torch, Lightning or MLflow are imported,
 so a directory that cannot be used is named at once in one line, and nothing is written
-when a command fails. ``creation_lock`` serialises the first opening of a new SQLite store,
+when a command fails. ``file_lock`` serialises the first opening of a new SQLite store,
 whose schema MLflow (or Optuna) creates on first contact: two processes creating it at once
 would collide in the middle of the migrations.
 """
@@ -84,7 +84,7 @@ def check_sqlite_file(path: Path, must_exist: bool) -> None:
 
 
 @contextmanager
-def creation_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``<path>.lock`` (a SQLite store's first opening, or a claim).
     A lock file that cannot be written is locked read-only; where none can be made (a
     read-only directory), nothing can be created there either, and no lock is needed."""

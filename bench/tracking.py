@@ -36,7 +36,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from bench.errors import BenchError  # noqa: E402
-from bench.store import creation_lock, default_tracking_uri, sqlite_path  # noqa: E402,F401 - re-exported
+from bench.store import default_tracking_uri, file_lock, sqlite_path  # noqa: E402,F401 - re-exported
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating tables
 log = logging.getLogger(__name__)
@@ -83,6 +83,15 @@ def owner_alive(owner: str) -> bool | None:
     return _start_ticks(int(pid)) == ticks
 
 
+def last_sign_of_life(tags: dict[str, str], start_time_ms: int | None) -> float:
+    """When a run last showed life (seconds since the epoch): its heartbeat, or for a run
+    recorded before heartbeats, its start."""
+    try:
+        return float(tags[HEARTBEAT_TAG])
+    except (KeyError, ValueError):
+        return (start_time_ms or 0) / 1000
+
+
 @dataclass
 class Holder:
     """A live RUNNING run of a configuration, in this process or another."""
@@ -119,7 +128,7 @@ class Tracker:
             path = sqlite_path(self.uri)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would (the CLI checked it first)
-                with creation_lock(path):
+                with file_lock(path):
                     self._client = MlflowClient(tracking_uri=self.uri)
                     self._client.search_experiments(max_results=1)
             else:
@@ -228,15 +237,10 @@ class Tracker:
     # -- liveness and claims ---------------------------------------------------------------
     def abandoned(self, run: Any, now: float | None = None) -> bool:
         """Whether a RUNNING run was left behind by a process that is gone."""
-        tags = run.data.tags
-        alive = owner_alive(tags.get(OWNER_TAG, ""))
+        alive = owner_alive(run.data.tags.get(OWNER_TAG, ""))
         if alive is not None:
             return not alive
-        try:
-            last = float(tags[HEARTBEAT_TAG])
-        except (KeyError, ValueError):  # recorded before heartbeats: its start is its last sign of life
-            last = (run.info.start_time or 0) / 1000
-        return (now or time.time()) - last > STALE_AFTER_S
+        return (now or time.time()) - last_sign_of_life(run.data.tags, run.info.start_time) > STALE_AFTER_S
 
     def mark_abandoned(self, run: Any) -> None:
         self.set_tags(run.info.run_id, {"failure_reason": ABANDONED})
@@ -282,7 +286,7 @@ class Tracker:
         if path is None:
             yield
             return
-        with creation_lock(path.with_name(path.name + ".claims")):
+        with file_lock(path.with_name(path.name + ".claims")):
             yield
 
     @property

@@ -367,9 +367,7 @@ class Tuner:
     def work(self, plan: StudyPlan, n_trials: int, timeout_s: float | None = None) -> StudyOutcome:
         """Run trials until the study holds ``n_trials`` finished ones (or ``timeout_s`` has
         passed: no new trial starts after it)."""
-        if self.stop_requested or requests.pending is not None:  # before the study is opened or marked RUNNING
-            requests.deliver()
-            raise KeyboardInterrupt
+        self._stop_if_requested()  # before the study is opened or marked RUNNING
         study = self.open(plan)
         outcome = StudyOutcome(plan.name)
         outcome.parent_run_id = parent = self.parent_run(study, plan)
@@ -378,9 +376,7 @@ class Tuner:
         t0 = time.perf_counter()
         try:
             while timeout_s is None or time.perf_counter() - t0 < timeout_s:
-                if self.stop_requested or requests.pending is not None:
-                    requests.deliver()
-                    raise KeyboardInterrupt
+                self._stop_if_requested()
                 optuna.storages.fail_stale_trials(study)  # trials of workers that died: retried
                 census = Census.of(study.get_trials(deepcopy=False))
                 if not census.waiting and len(census.counted) + len(census.running) >= n_trials:
@@ -400,6 +396,11 @@ class Tuner:
             raise
         self._summarise(study, plan, parent, outcome, time.perf_counter() - t0, "FINISHED")
         return outcome
+
+    def _stop_if_requested(self) -> None:
+        if self.stop_requested or requests.pending is not None:
+            requests.deliver()
+            raise KeyboardInterrupt
 
     def objective(self, trial: optuna.Trial, plan: StudyPlan, parent: str, n_trials: int) -> float:
         trials = trial.study.get_trials(deepcopy=False)
