@@ -273,8 +273,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     requests.install()  # Ctrl+C and SIGTERM: the run under way ends KILLED, the sweep stops (130, 143)
     t0 = time.perf_counter()
     with SweepProgress(console, len(runs)) as progress:
-        runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress,
-                        accelerator=args.accelerator, rerun=args.rerun)
+        keep = True if args.tuned and args.keep_model is None else args.keep_model  # tuned models are kept
+        runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress, accelerator=args.accelerator,
+                        rerun=args.rerun, keep_model=keep, system_metrics_s=args.system_metrics)
         outcomes = runner.sweep(runs, on_result=progress.finished)
     elapsed = time.perf_counter() - t0
     for table in task_tables(outcomes):
@@ -354,7 +355,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     outcomes = []
     with TuneProgress(console, args.trials) as progress:
         runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress, accelerator=args.accelerator,
-                        rerun=True)
+                        rerun=True, system_metrics_s=args.system_metrics)
         tuner = Tuner(runner, tracker, url, study_seed=args.study_seed, pruner=args.pruner,
                       default_trial=not args.no_default_trial, listener=progress)
         # Ctrl+C, or a scheduler's SIGTERM: the training under way stops at its next batch (its
@@ -431,8 +432,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     """Start the MLflow UI on the run store (loopback by default) and print its URL."""
     from bench.ui import serve
 
-    check_store(args, writing=False)
-    return serve(tracking_uri(args), results_dir(args.results), args.host, args.port, console)
+    with console.status("Opening the run store…"):
+        tracker = open_tracker(args, writing=False)  # experiments get the training kind and a saved view
+    return serve(tracker, results_dir(args.results), args.host, args.port, console)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -464,8 +466,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     requests.install()
     total = sum(len(configs) for _, configs in planned)
     with SweepProgress(console, total) as progress:
+        keep = True if args.keep_model is None else args.keep_model  # reference runs keep their models
         runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress, accelerator=args.accelerator,
-                        rerun=args.rerun)
+                        rerun=args.rerun, keep_model=keep, system_metrics_s=args.system_metrics)
         outcomes = run_all(planned, runner, progress)
     console.print(table(outcomes))
     out = results_dir(args.results) / "reports"
@@ -475,6 +478,30 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     console.print(f"{len(outcomes) - len(missed)} of {len(outcomes)} reference experiments reach their published "
                   f"figure" + (f"; missed: {', '.join(missed)}" if missed else "") + f". Table: {out / 'reproduce.md'}")
     return 1 if missed else 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    """Load the model a run kept and score it on a split again, without the run loop."""
+    from rich.table import Table
+
+    from tasks.data import resolve_data_dir
+
+    with console.status("Loading torch and MLflow…"):
+        from bench.saved_model import load
+
+        tracker = open_tracker(args, writing=False)
+        loaded = load(args.run_id, tracker, resolve_data_dir(args.data_dir), args.device)
+        metrics = loaded.evaluate(args.split)
+    recorded = tracker.get_run(args.run_id).data.metrics
+    prefix = {"val": "val", "test": "test"}.get(args.split)
+    table = Table(title=f"run {args.run_id}: {loaded.config.label}, {args.split} split, loaded from the store")
+    for col in ("metric", "loaded model", "recorded by the run"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for k, v in metrics.items():
+        before = recorded.get(f"{prefix}/{k}") if prefix else None
+        table.add_row(k, f"{v:.6g}", "–" if before is None else f"{before:.6g}")
+    console.print(table)
+    return 0
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
@@ -554,6 +581,24 @@ def training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"],
                    help="Lightning accelerator (default: auto, a GPU when there is one)")
     p.add_argument("--sweep", help="sweep id recorded on every run (default: a timestamp)")
+    p.add_argument("--system-metrics", type=positive_seconds, nargs="?", const=10.0, metavar="SECONDS",
+                   help="record MLflow's system metrics (CPU, GPU, memory) during each run, sampled every "
+                   "SECONDS (default when given: 10)")
+
+
+def keep_model_option(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--keep-model", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"keep each run's trained model in the store, loadable with bench load ({default})")
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds between 0 and 86400")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -598,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage_help = f"Optuna storage URL (default: ${ENV_STORAGE}, else SQLite in results/)"
     p.add_argument("--storage", help=storage_help + ", for --tuned")
     p.add_argument("--study-suffix", default="", help="with --tuned: the suffix the study was given")
+    keep_model_option(p, "default: with --tuned, and for the standard and full profiles")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("tune", help=cmd_tune.__doc__, description=cmd_tune.__doc__)
@@ -632,6 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="store_true",
                    help="run again experiments recorded earlier with the same configuration, device and code")
     training_options(p)
+    keep_model_option(p, "default: kept")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("scale", help=cmd_scale.__doc__, description=cmd_scale.__doc__)
@@ -664,6 +711,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in results/)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("load", help=cmd_load.__doc__, description=cmd_load.__doc__)
+    p.add_argument("run_id", help="the run (its id, as the MLflow UI and bench report show it)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to score (default: test)")
+    p.add_argument("--device", default="cpu", help="torch device to load the model on (default: cpu)")
+    p.add_argument("--data-dir", help=DATA_HELP)
+    p.add_argument("--results", help=f"results directory (default: ${ENV_RESULTS}, else ./results)")
+    p.add_argument("--tracking-uri", help="the run store (default: $MLFLOW_TRACKING_URI, else SQLite in results/)")
+    p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("ui", help=cmd_ui.__doc__, description=cmd_ui.__doc__)
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")

@@ -41,8 +41,10 @@ from bench.config import RunConfig
 from bench.memory import PeakMemory
 from bench.meters import Throughput, inference_latency
 from bench.module import CURVE, SeqModule
+from bench.saved_model import MODEL_TAG, build_module, build_network, keeps_model, size_mb
+from bench.saved_model import save as save_model
 from bench.signals import Interrupted, requests
-from bench.tracking import Claim, Heartbeat, Tracker
+from bench.tracking import Claim, Heartbeat, SystemMetrics, Tracker
 from tasks.batching import BucketBatchSampler, sorted_batches
 from tasks.registry import PaddedSplit, Splits, Task
 
@@ -91,6 +93,7 @@ class Outcome:
     stop_reason: str
     references: dict[str, float]  # published figures for this task
     figures: dict[str, Any]  # name -> matplotlib figure
+    module: SeqModule | None = None  # holding the best checkpoint's weights, where it is to be kept
 
 
 @dataclass
@@ -184,18 +187,26 @@ class Runner:
         listener: Listener | None = None,
         accelerator: str = "auto",
         rerun: bool = False,
+        keep_model: bool | None = None,
+        system_metrics_s: float | None = None,
     ) -> None:
+        """``keep_model``: whether leaderboard runs keep their model (None: their profile's
+        default, ``bench.saved_model.KEEP_MODEL``). ``system_metrics_s``: sample MLflow's system
+        metrics (CPU, GPU, memory) every this many seconds during each run (None: not at all)."""
         self.tracker = tracker
         self.data_dir = data_dir
         self.sweep_id = sweep_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.listener = listener
         self.accelerator = accelerator
         self.rerun = rerun
+        self.keep_model = keep_model
+        self.system_metrics_s = system_metrics_s
         use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.env_tags = environment_tags(self.device)
         self.device_kind = device_kind(self.device)
         self._data: OrderedDict[str, tuple[Task, Splits]] = OrderedDict()
+        self._records: dict[int, list[Any]] = {}  # id(splits) -> its dataset records
         self._reaped: set[str] = set()  # tasks whose abandoned runs were looked for
 
     def data(self, config: RunConfig) -> tuple[Task, Splits]:
@@ -207,7 +218,8 @@ class Runner:
             task = task_cls(task_cls.make_params(**config.task_params), self.data_dir, config.seed)
             self._data[key] = (task, task.setup())
             while len(self._data) > 4:
-                self._data.popitem(last=False)
+                _, (_, dropped) = self._data.popitem(last=False)
+                self._records.pop(id(dropped), None)
         self._data.move_to_end(key)
         return self._data[key]
 
@@ -242,7 +254,8 @@ class Runner:
             self.tracker.reap(task)
             self._reaped.add(task)
         claims = kind == "run"
-        if claims and self._done_or_held(result, self.tracker.claim(task, cache_key)):
+        keep = claims and keeps_model(config.profile, self.keep_model)
+        if claims and self._done_or_held(result, self.tracker.claim(task, cache_key), keep):
             return result
         reason = self._incompatibility(config)
         if reason:
@@ -266,7 +279,7 @@ class Runner:
             **(tags or {}),
         }
         with self.tracker.claim_lock() if claims else contextlib.nullcontext(), requests.polled():
-            if claims and self._done_or_held(result, self.tracker.claim(task, cache_key)):
+            if claims and self._done_or_held(result, self.tracker.claim(task, cache_key), keep):
                 return result  # finished or claimed by another process since the first look
             result.run_id = mine = self.tracker.start(task, run_name or f"{config.model}-{suffix}s{config.seed}",
                                                       config.flat(), tags)
@@ -275,14 +288,15 @@ class Runner:
             requests.check()  # a stop request that came while the run was being created
             if claims and not self.tracker.exclusive_claims:  # no lock across machines: look again
                 claim = self.tracker.claim(task, cache_key, mine=mine)
-                if self._done_or_held(result, claim):
+                if self._done_or_held(result, claim, keep):
                     self.tracker.give_way(mine, result.run_id)
                     return result
-            with Heartbeat(self.tracker, result.run_id):
+            self._log_datasets(config, mine, evaluate_test)
+            with Heartbeat(self.tracker, result.run_id), SystemMetrics(self.tracker, mine, self.system_metrics_s):
                 with PeakMemory(self.device) as memory:
-                    outcome = self.fit_and_evaluate(config, result.run_id, callbacks, evaluate_test)
+                    outcome = self.fit_and_evaluate(config, result.run_id, callbacks, evaluate_test, keep)
                 with requests.polled():  # a first Ctrl+C waits until the run is recorded
-                    self._record(result, outcome, memory.metrics(), t0)
+                    self._record(result, outcome, memory.metrics(), t0, code)
         except (KeyboardInterrupt, Interrupted):
             self._stopped(mine)
         except Exception as e:  # noqa: BLE001 - any failure is recorded and the sweep goes on
@@ -308,11 +322,22 @@ class Runner:
             self.tracker.end(run_id, "KILLED")
         raise KeyboardInterrupt from None
 
-    def _done_or_held(self, result: RunResult, claim: Claim) -> bool:
+    def _log_datasets(self, config: RunConfig, run_id: str, evaluate_test: bool) -> None:
+        """The run's splits as its dataset inputs (a run that never sees the test split, a
+        tuning trial, does not list it)."""
+        task, splits = self.data(config)
+        if id(splits) not in self._records:
+            self._records[id(splits)] = task.data_records(config.task.label, splits)
+        records = [r for r in self._records[id(splits)] if evaluate_test or r.context != "test"]
+        self.tracker.log_datasets(run_id, records)
+
+    def _done_or_held(self, result: RunResult, claim: Claim, keep_model: bool = False) -> bool:
         """Fill ``result`` when the configuration needs no run here: it finished earlier (the
-        same configuration, on the same kind of device, with the same code; unless --rerun),
-        or another live process trains it (busy)."""
-        if claim.finished is not None and not self.rerun:
+        same configuration, on the same kind of device, with the same code; unless --rerun;
+        and with its model kept, where this run is to keep one), or another live process trains
+        it (busy)."""
+        done = claim.finished
+        if done is not None and not self.rerun and (MODEL_TAG in done.data.tags or not keep_model):
             self._fill_cached(result, claim.finished)
             return True
         if claim.holder is not None:
@@ -328,18 +353,26 @@ class Runner:
                              if k.startswith("reference.")}
         result.stop_reason, result.reason = done.data.tags.get("stop_reason", ""), ""
 
-    def _record(self, result: RunResult, outcome: Outcome, memory: dict[str, float], t0: float) -> None:
-        """Write a finished run's figures, metrics and tags, and end it FINISHED. Its learning
-        curve is in the store already: it was written as the validations happened."""
+    def _record(self, result: RunResult, outcome: Outcome, memory: dict[str, float], t0: float,
+                code_version: str) -> None:
+        """Write a finished run's figures, model, metrics and tags, and end it FINISHED. Its
+        learning curve is in the store already: it was written as the validations happened."""
         metrics = {**outcome.metrics, **memory}
+        tags = {"stop_reason": outcome.stop_reason,
+                **{f"reference.{k}": f"{v:.6g}" for k, v in outcome.references.items()}}
         t_record = time.perf_counter()
         self._log_figures(result.run_id, outcome.figures)
+        if outcome.module is not None:
+            with tempfile.TemporaryDirectory(prefix="seqbench-model-") as tmp:
+                saved = save_model(outcome.module, result.config, self.data(result.config)[1], code_version, Path(tmp))
+                self.tracker.log_artifacts(result.run_id, saved)
+                metrics["model/artifact_mb"] = size_mb(saved)  # what keeping it costs the store
+            tags[MODEL_TAG] = saved.name
         metrics["time/record_s"] = time.perf_counter() - t_record  # figures, into the store
         metrics["time/total_s"] = time.perf_counter() - t0
         result.metrics, result.references, result.stop_reason = metrics, outcome.references, outcome.stop_reason
         self.tracker.log_metrics(result.run_id, metrics)
-        self.tracker.set_tags(result.run_id, {"stop_reason": outcome.stop_reason,
-                                              **{f"reference.{k}": f"{v:.6g}" for k, v in outcome.references.items()}})
+        self.tracker.set_tags(result.run_id, tags)
         self.tracker.end(result.run_id, "FINISHED")
 
     def wait(self, result: RunResult, every_s: float = 5.0) -> Any:
@@ -387,16 +420,6 @@ class Runner:
                 on_result(result)
         return [r for r in results if r is not None]
 
-    def _build(self, config: RunConfig, task: Task, splits: Splits) -> Any:
-        spec = models.get_model(config.model)
-        return spec.instantiate(
-            models.InputSpec(vocab_size=splits.vocab_size, n_features=splits.n_features, season=splits.season,
-                             seq_len=splits.seq_len),
-            spec.make_hparams(**config.model_params),
-            task.causal,
-            models.OutputShape(task.output.kind, task.output.n_classes, task.output.shape),
-        )
-
     def loaders(self, config: RunConfig, splits: Splits) -> Loaders:
         """The run's data loaders. Evaluation loaders never shuffle and never drop the last,
         smaller batch; variable-length splits are batched by length (``tasks.batching``)."""
@@ -404,28 +427,20 @@ class Runner:
         workers = train["loader_workers"]
         speed = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": self.device.type == "cuda"}
 
-        def loader(split: Any, shuffle: bool, batch_size: int) -> DataLoader:
-            lengths = split.lengths if isinstance(split, PaddedSplit) else None
-            if shuffle:  # the order depends on the seed and the epoch alone, whatever loads the batches
-                equal = torch.ones(len(split), dtype=torch.long)
-                batches: Any = BucketBatchSampler(equal if lengths is None else lengths, batch_size, config.seed)
-            elif lengths is not None:
-                batches = sorted_batches(lengths, batch_size)
-            else:
-                return DataLoader(split, batch_size=batch_size, shuffle=False, drop_last=False,
-                                  collate_fn=split.collate, **speed)
-            return DataLoader(split, batch_sampler=batches, collate_fn=split.collate, **speed)
-
-        return Loaders(loader(splits.train, True, train["batch_size"]),
-                       loader(splits.val, False, train["eval_batch_size"]),
-                       loader(splits.test, False, train["eval_batch_size"]))
+        # The order depends on the seed and the epoch alone, whatever loads the batches.
+        lengths = splits.train.lengths if isinstance(splits.train, PaddedSplit) else torch.ones(len(splits.train),
+                                                                                                 dtype=torch.long)
+        batches = BucketBatchSampler(lengths, train["batch_size"], config.seed)
+        return Loaders(DataLoader(splits.train, batch_sampler=batches, collate_fn=splits.train.collate, **speed),
+                       eval_loader(splits.val, train["eval_batch_size"], **speed),
+                       eval_loader(splits.test, train["eval_batch_size"], **speed))
 
     def _incompatibility(self, config: RunConfig) -> str:
         """Why this model cannot be built for this data ('' if it can, or if the problem is
         another one: that is then recorded as the run's failure)."""
         try:
             task, splits = self.data(config)
-            self._build(config, task, splits)
+            build_network(config, task, splits)
         except models.Incompatible as e:
             return str(e)
         except Exception:  # noqa: BLE001 - recorded by the run itself
@@ -440,15 +455,15 @@ class Runner:
             plt.close(figure)
 
     def fit_and_evaluate(
-        self, config: RunConfig, run_id: str = "", extra: tuple[L.Callback, ...] = (), evaluate_test: bool = True
+        self, config: RunConfig, run_id: str = "", extra: tuple[L.Callback, ...] = (), evaluate_test: bool = True,
+        keep_model: bool = False,
     ) -> Outcome:
         """Train ``config``'s model and score its best checkpoint. Each validation during
-        training is written to run ``run_id`` as it happens (the live learning curve)."""
+        training is written to run ``run_id`` as it happens (the live learning curve). With
+        ``keep_model``, the outcome holds the module with the checkpoint that was scored."""
         budget, train = config.budget, config.train
         L.seed_everything(config.seed, workers=True, verbose=False)
         task, splits = self.data(config)
-        spec = models.get_model(config.model)
-        net = self._build(config, task, splits)
 
         if train["precision"] == "16-mixed" and self.device.type != "cuda":
             raise ValueError("train.precision=16-mixed needs a GPU; on a CPU use bf16-mixed or 32")
@@ -456,7 +471,8 @@ class Runner:
         train_loader, val_loader, test_loader = loaders.train, loaders.val, loaders.test
         steps_per_epoch = len(train_loader)
         total_steps = min(budget["max_steps"], budget["max_epochs"] * steps_per_epoch)
-        module = SeqModule(net, task, train, predictor=spec.predictor, total_steps=total_steps)
+        module = build_module(config, task, splits, total_steps)
+        net = module.backbone
         if train["compile"] and any(p.requires_grad for p in net.parameters()):
             module.backbone = torch.compile(net)
         monitor = f"val/{task.primary_metric}"
@@ -533,7 +549,8 @@ class Runner:
 
         figures = task.figures(predict, splits, module.last_stats["test"]) if evaluate_test else {}
         stop = stop_reason(trainer, early, extra, budget, train_s, trainable)
-        return Outcome(metrics, module.history, stop, task.references(), figures)
+        kept = module if keep_model and evaluate_test else None  # after test: the scored weights
+        return Outcome(metrics, module.history, stop, task.references(), figures, kept)
 
 
 class StoppingCallback(L.Callback):
@@ -601,6 +618,15 @@ class _LiveCurve(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
         if trainer.state.fn == "fit" and module.history:
             self.tracker.log_history(self.run_id, module.history[-1:])
+
+
+def eval_loader(split: Any, batch_size: int, **speed: Any) -> DataLoader:
+    """Batches of an evaluation split: every sample once, never shuffled, the last batch kept;
+    variable-length samples batched by length (``tasks.batching``)."""
+    if isinstance(split, PaddedSplit):
+        return DataLoader(split, batch_sampler=sorted_batches(split.lengths, batch_size), collate_fn=split.collate,
+                          **speed)
+    return DataLoader(split, batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=split.collate, **speed)
 
 
 def middle_batch(loader: DataLoader) -> dict[str, torch.Tensor]:

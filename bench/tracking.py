@@ -17,6 +17,7 @@ process that wants the same configuration waits for it instead of training it ag
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -31,7 +32,7 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
@@ -42,6 +43,9 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about cre
 log = logging.getLogger(__name__)
 
 EXPERIMENT_PREFIX = "seqbench/"
+# The MLflow UI opens an experiment on the view its kind names; with no kind it guesses, and
+# may land on the GenAI overview. Every seqbench experiment trains models.
+KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 OWNER_TAG = "seqbench.owner"  # host/pid/start time of the process that runs it
 HEARTBEAT_TAG = "seqbench.heartbeat"  # seconds since the epoch, refreshed while it runs
 HEARTBEAT_S = float(os.environ.get("SEQBENCH_RUN_HEARTBEAT_S") or 15)
@@ -143,6 +147,7 @@ class Tracker:
         for attempt in range(1, OPEN_ATTEMPTS + 1):
             try:
                 self.client.search_experiments(max_results=1)
+                self.mark_training_experiments()
                 return self
             except BenchError:
                 raise
@@ -162,6 +167,23 @@ class Tracker:
                 time.sleep(2 * attempt)
         return self
 
+    def experiments(self) -> list[Any]:
+        """Every seqbench experiment in the store."""
+        return self.client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'", max_results=1000)
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        self.client.set_experiment_tag(experiment_id, key, value)
+
+    def mark_training_experiments(self) -> int:
+        """Give every seqbench experiment that lacks it the model-training kind (stores written
+        before experiments were created with it); how many were changed."""
+        changed = 0
+        for exp in self.experiments():
+            if exp.tags.get(KIND_TAG) != TRAINING_KIND:
+                self.client.set_experiment_tag(exp.experiment_id, KIND_TAG, TRAINING_KIND)
+                changed += 1
+        return changed
+
     def experiment_id(self, task: str) -> str:
         name = EXPERIMENT_PREFIX + task
         if name not in self._experiments:
@@ -169,7 +191,8 @@ class Tracker:
             if exp is None:
                 location = (self.artifact_root / task).as_uri() if self.local_artifacts else None
                 try:
-                    exp_id = self.client.create_experiment(name, artifact_location=location)
+                    exp_id = self.client.create_experiment(name, artifact_location=location,
+                                                           tags={KIND_TAG: TRAINING_KIND})
                 except MlflowException:  # another worker created it a moment ago
                     exp = self.client.get_experiment_by_name(name)
                     if exp is None:
@@ -218,6 +241,14 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
+    def log_datasets(self, run_id: str, records: list[Any]) -> None:
+        """A run's data as MLflow dataset inputs (``tasks.registry.DataRecord``), one per split,
+        with its context: the UI's Dataset column and filter show them."""
+        inputs = [DatasetInput(Dataset(r.name, r.digest, r.source_type, json.dumps(r.source, sort_keys=True),
+                                       profile=json.dumps(r.profile, sort_keys=True)),
+                               tags=[InputTag("mlflow.data.context", r.context)]) for r in records]
+        self.client.log_inputs(run_id, datasets=inputs)
+
     def log_figure(self, run_id: str, figure: Any, name: str) -> None:
         self.client.log_figure(run_id, figure, name)
 
@@ -230,6 +261,22 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path) -> None:
         """A file written elsewhere (a plot, a table), under its own name."""
         self.client.log_artifact(run_id, str(path))
+
+    def log_artifacts(self, run_id: str, path: Path) -> None:
+        """A directory written elsewhere (a saved model), under its own name."""
+        self.client.log_artifacts(run_id, str(path), path.name)
+
+    def get_run(self, run_id: str) -> Any:
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise BenchError(f"No run {run_id} in {self.uri}") from None
+            raise
+
+    def download(self, run_id: str, artifact: str, where: Path) -> Path:
+        """A run's artifact (file or directory), copied under ``where``."""
+        return Path(self.client.download_artifacts(run_id, artifact, str(where)))
 
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
@@ -325,3 +372,26 @@ class Heartbeat:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+class SystemMetrics:
+    """MLflow's own system-metrics monitor (CPU and GPU utilisation, memory, disk, network)
+    on a run, sampled every ``every_s`` seconds while a with-block runs; nothing when
+    ``every_s`` is None. Its metrics are ``system/...``, one step per sample."""
+
+    def __init__(self, tracker: Tracker, run_id: str, every_s: float | None) -> None:
+        self.monitor = None
+        if every_s is not None:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self.monitor = SystemMetricsMonitor(run_id, sampling_interval=every_s, samples_before_logging=1,
+                                                tracking_uri=tracker.uri)
+
+    def __enter__(self) -> SystemMetrics:
+        if self.monitor is not None:
+            self.monitor.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()

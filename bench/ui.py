@@ -1,30 +1,152 @@
 """``bench ui``: the MLflow UI on the run store, started in its own process group on
-loopback, stopped with it (Ctrl+C, SIGTERM, SIGHUP)."""
+loopback, stopped with it (Ctrl+C, SIGTERM, SIGHUP), and the links that open it where a
+benchmark user looks.
+
+What MLflow 3.17's UI offers for that (read from its bundle, not guessed):
+- an experiment opens on the GenAI overview unless the browser's "GenAI | Model training"
+  switch is on Model training, or the URL says ``workflowType=machine_learning``; the
+  ``mlflow.experimentKind`` tag (set on every seqbench experiment, ``bench.tracking``) is
+  not consulted by this version, so every link here carries the parameter;
+- no URL parameter chooses the runs table's columns, but a saved view does: the
+  experiment tag ``mlflow.sharedViewState.<key>`` holds a view (filter, sort, columns),
+  ``?viewStateShareKey=<key>`` opens it, and the UI's Views menu lists it;
+- ``#/compare-runs?runs=[...]&experiments=[...]`` compares runs (parallel coordinates,
+  scatter, box and contour plots of parameters against metrics).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from bench.errors import BenchError
 
 START_TIMEOUT_S = 120
+VIEW_KEY = "seqbench-leaderboard"  # the saved view of each task's experiment
+VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
+VIEW_NAME = "seqbench: leaderboard runs, best first"
+LEADERBOARD_RUNS = "attributes.status = 'FINISHED' and tags.kind = 'run'"
+TRAINING_VIEW = "workflowType=machine_learning"
+MAX_COMPARED = 100  # runs in one compare link (the URL holds their ids)
 
 
-def serve(uri: str, results: Path, host: str, port: int, console: Console) -> int:
+def column(kind: str, name: str) -> str:
+    """A runs-table column as the UI names it: ``metrics.`test/mase```."""
+    return f"{kind}.`{name}`"
+
+
+def leaderboard_view(primary: str, higher_is_better: bool, now_ms: int) -> str:
+    """The saved view of a task's runs: finished leaderboard runs (no trials, no failures),
+    best first by the primary test metric, with model, seed and the numbers beside it."""
+    state = {
+        "searchFilter": LEADERBOARD_RUNS,
+        "orderByKey": column("metrics", f"test/{primary}"),
+        "orderByAsc": not higher_is_better,
+        "selectedColumns": [column("tags", "model"), column("tags", "seed"), column("metrics", f"test/{primary}"),
+                            column("metrics", f"val/{primary}"), column("metrics", "perf/train_samples_per_s"),
+                            column("metrics", "perf/peak_memory_mb"), column("metrics", "model/params"),
+                            column("tags", "profile"), column("tags", "sweep_id")],
+    }
+    return json.dumps({"name": VIEW_NAME, "createdAt": now_ms, "updatedAt": now_ms, "state": json.dumps(state)})
+
+
+def same_view(tag: str | None, view: str) -> bool:
+    """Whether a saved view's tag holds ``view`` (its time stamps aside)."""
+    try:
+        old = json.loads(tag or "")
+    except ValueError:
+        return False
+    new = json.loads(view)
+    return isinstance(old, dict) and (old.get("name"), old.get("state")) == (new["name"], new["state"])
+
+
+@dataclass
+class TaskLinks:
+    """Where to look at one task's runs in the UI."""
+
+    task: str
+    primary: str  # test/<metric>
+    higher_is_better: bool
+    finished: int  # finished leaderboard runs
+    runs_url: str  # the saved view
+    sweep: str  # the latest sweep with a finished run ("" if none)
+    compared: int  # its finished runs, in the compare link
+    compare_url: str
+
+
+def runs_link(base: str, experiment_id: str) -> str:
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{TRAINING_VIEW}"
+
+
+def compare_link(base: str, experiment_id: str, run_ids: list[str]) -> str:
+    runs = urllib.parse.quote(json.dumps(run_ids, separators=(",", ":")), safe="")
+    experiments = urllib.parse.quote(json.dumps([experiment_id]), safe="")
+    return f"{base}/#/compare-runs?runs={runs}&experiments={experiments}&{TRAINING_VIEW}"
+
+
+def prepare(tracker: Any, base: str) -> list[TaskLinks]:
+    """Write (or refresh) each task experiment's saved view, and the links to print."""
+    from bench.tracking import EXPERIMENT_PREFIX
+    from tasks import TASKS
+
+    out = []
+    now_ms = int(time.time() * 1000)
+    for exp in sorted(tracker.experiments(), key=lambda e: e.name):
+        name = exp.name.removeprefix(EXPERIMENT_PREFIX)
+        if name not in TASKS:  # bench scale's experiment, or a task this version no longer has
+            continue
+        task = TASKS.get(name)
+        view = leaderboard_view(task.primary_metric, task.higher_is_better, now_ms)
+        if not same_view(exp.tags.get(VIEW_TAG), view):
+            tracker.set_experiment_tag(exp.experiment_id, VIEW_TAG, view)
+        runs = tracker.client.search_runs([exp.experiment_id], filter_string=LEADERBOARD_RUNS, max_results=5000,
+                                          order_by=["attributes.start_time DESC"])
+        sweep = runs[0].data.tags.get("sweep_id", "") if runs else ""
+        in_sweep = [r.info.run_id for r in runs if r.data.tags.get("sweep_id", "") == sweep][:MAX_COMPARED]
+        out.append(TaskLinks(name, f"test/{task.primary_metric}", task.higher_is_better, len(runs),
+                             runs_link(base, exp.experiment_id), sweep, len(in_sweep),
+                             compare_link(base, exp.experiment_id, in_sweep) if in_sweep else ""))
+    return out
+
+
+def print_links(links: list[TaskLinks], console: Console) -> None:
+    if not links:
+        console.print("No task has runs yet: bench run records them.")
+        return
+    console.print("Each task's finished runs, best first (model, seed, primary metric, speed, memory):")
+    for t in links:
+        arrow = "↑" if t.higher_is_better else "↓"
+        console.print(f"  {escape(t.task)}  {t.primary} {arrow}  {t.finished} runs  {t.runs_url}", highlight=False,
+                      soft_wrap=True)
+    console.print("Each task's latest sweep, compared (parallel coordinates, scatter plots of parameters against "
+                  "metrics):")
+    for t in links:
+        if t.compare_url:
+            console.print(f"  {escape(t.task)}  sweep {escape(t.sweep)}  {t.compared} runs  {t.compare_url}",
+                          highlight=False, soft_wrap=True)
+
+
+def serve(tracker: Any, results: Path, host: str, port: int, console: Console) -> int:
     """Run the UI until it is stopped; 0 on a requested stop."""
+    uri = tracker.uri
     if uri.startswith(("http:", "https:")):
         console.print(f"{uri} is a tracking server: open it in a browser.")
+        print_links(prepare(tracker, uri.rstrip("/")), console)
         return 0
     url = f"http://{host}:{port}"
+    links = prepare(tracker, f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
     # One web worker and no job runner: the defaults start 12 processes, too many for a laptop.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
@@ -43,6 +165,7 @@ def serve(uri: str, results: Path, host: str, port: int, console: Console) -> in
         with console.status(f"Starting the MLflow UI on {url}…"):
             wait_until_up(server, url, log)
         console.print(f"MLflow UI: {url}  (runs from {uri}; Ctrl+C stops it)", highlight=False)
+        print_links(links, console)
         sys.stdout.flush()
         server.wait()
         return 0

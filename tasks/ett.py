@@ -50,6 +50,10 @@ class WindowSplit(Dataset):
         y = self.series[t + self.ahead]  # (B, H, C)
         return {"x": x, "mask": torch.ones(x.shape[:2], dtype=torch.bool), "y": y}
 
+    def content(self) -> dict[str, list[torch.Tensor]]:
+        """The series and the windows cut from it (tasks.registry.content_digest)."""
+        return {"series": [self.series], "origins": [self.origins], "back": [self.back], "ahead": [self.ahead]}
+
     @staticmethod
     def collate(batch: Batch) -> Batch:
         return batch

@@ -14,6 +14,8 @@ A task is a ``Task`` subclass registered with ``@register_task``. It declares:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +73,10 @@ class TensorSplit(Dataset):
         index = torch.as_tensor(idx)
         return {k: v[index] for k, v in self.tensors.items()}
 
+    def content(self) -> dict[str, list[torch.Tensor]]:
+        """The tensors that make the split (see ``content_digest``)."""
+        return {k: [v] for k, v in sorted(self.tensors.items())}
+
     @staticmethod
     def collate(batch: Batch) -> Batch:
         return batch
@@ -101,6 +107,9 @@ class PaddedSplit(Dataset):
             mask[row, : len(s)] = True
         return {"x": x, "mask": mask, "y": self.y[torch.as_tensor(idx)]}
 
+    def content(self) -> dict[str, list[torch.Tensor]]:
+        return {"y": [self.y], "x": self.sequences}
+
     @staticmethod
     def collate(batch: Batch) -> Batch:
         return batch
@@ -118,6 +127,41 @@ class Splits:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+SPLITS = ("train", "val", "test")
+CONTEXTS = {"train": "train", "val": "validation", "test": "test"}  # as MLflow's dataset inputs name them
+
+
+def content_digest(split: Dataset) -> str:
+    """A hash of exactly what a split holds (the dtype, shape and bytes of every tensor its
+    ``content()`` gives): two runs with the same digest saw the same samples in the same order."""
+    h = hashlib.sha256()
+    if hasattr(split, "content"):
+        parts = split.content()
+    else:  # another kind of split: every sample, fetched one by one
+        samples = [split[i] for i in range(len(split))]
+        parts = {k: [torch.as_tensor(s[k]) for s in samples] for k in sorted(samples[0])} if samples else {}
+    for key, tensors in parts.items():
+        h.update(key.encode())
+        for t in tensors:
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """One split of a run's data as a dataset input of the run: where it came from and a
+    digest of what it holds (``bench.tracking`` turns it into MLflow's dataset entity)."""
+
+    name: str  # the task and its variant, e.g. "copy:T200"
+    context: str  # "train", "validation" or "test"
+    digest: str  # content_digest of the split
+    source_type: str  # "http" (a public file) or "code" (generated)
+    source: dict[str, Any]  # {"url": ...} or {"generator": ..., "params": ..., "seed": ...}
+    profile: dict[str, Any]  # rows, and the source files with their checksums
 
 
 @dataclass(frozen=True)
@@ -182,6 +226,34 @@ class Task(ABC):
     def files(self) -> list[DataFile]:
         """Dataset files this task reads from the data directory (none for synthetic tasks)."""
         return []
+
+    def split_files(self, split: str) -> list[DataFile]:
+        """The files a split is made from ("train", "val", "test"); by default all of them."""
+        return self.files()
+
+    def data_seed(self, split: str) -> int | None:
+        """The seed that draws a generated split: the run's, where the data depends on it."""
+        return self.seed if self.seeded_data else None
+
+    def data_records(self, label: str, splits: Splits) -> list[DataRecord]:
+        """What each split is made of, for the run's dataset inputs: its source files with their
+        checksums, or the generator with its parameters and seed; and a digest of its content."""
+        records = []
+        for split in SPLITS:
+            data = getattr(splits, split)
+            files = self.split_files(split)
+            profile: dict[str, Any] = {"num_rows": len(data)}
+            if files:
+                profile["files"] = {f.path: ":".join(f.checksum) for f in files}
+                urls = sorted({f.url for f in files})
+                source_type, source = "http", {"url": urls[0]} if len(urls) == 1 else {"urls": urls}
+            else:
+                source_type = "code"
+                source = {"generator": f"{type(self).__module__}.{type(self).__qualname__}", "version": self.version,
+                          "params": dataclasses.asdict(self.params), "seed": self.data_seed(split)}
+            records.append(DataRecord(label, CONTEXTS[split], content_digest(data), source_type,
+                                      json.loads(json.dumps(source, default=str)), profile))
+        return records
 
     @property
     @abstractmethod

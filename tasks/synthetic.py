@@ -25,6 +25,11 @@ def training_seed(seed: int) -> int:
     return seed
 
 
+def split_seed(split: str, seed: int) -> int:
+    """The seed that draws a split: the run's for training, fixed ones for the held-out sets."""
+    return {"train": training_seed(seed), "val": VAL_SEED, "test": TEST_SEED}[split]
+
+
 def _check_positive(**values: int) -> None:
     for k, v in values.items():
         if v < 1:
@@ -62,6 +67,9 @@ class Copy(Task):
     primary_metric = "ce"
     higher_is_better = False
     seeded_data = True
+
+    def data_seed(self, split: str) -> int:
+        return split_seed(split, self.seed)
     input_kind = "tokens"
 
     @classmethod
@@ -162,6 +170,9 @@ class Adding(Task):
     primary_metric = "mse"
     higher_is_better = False
     seeded_data = True
+
+    def data_seed(self, split: str) -> int:
+        return split_seed(split, self.seed)
 
     @classmethod
     def data_shape(cls, params: AddingParams) -> DataShape:

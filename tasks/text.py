@@ -141,6 +141,9 @@ class TextClassificationTask(Task):
     def files(self) -> list[DataFile]:
         return [self.train_file, self.test_file]
 
+    def split_files(self, split: str) -> list[DataFile]:
+        return [self.test_file if split == "test" else self.train_file]
+
     def read(self, file: DataFile) -> tuple[list[str], np.ndarray]:
         """(texts, labels) of one file."""
         raise NotImplementedError
@@ -257,6 +260,9 @@ class Tweets(TextClassificationTask):
 
     def files(self) -> list[DataFile]:
         return [self.file]
+
+    def split_files(self, split: str) -> list[DataFile]:
+        return [self.file]  # every split is cut from the one file
 
     def load(self) -> dict[str, tuple[list[str], np.ndarray]]:
         df = pd.read_csv(ensure(self.file, self.data_dir))

@@ -305,6 +305,128 @@ def test_html_report_renders_offline_in_chromium(sweep: Path, tmp_path: Path) ->
     print(f"screenshot: {shot}")
 
 
+def printed_links(output: Output, timeout: float = 30) -> dict[str, dict[str, str]]:
+    """The per-task links bench ui printed: {task: {"runs": url, "compare": url}}."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and "compare-runs" not in output.text:
+        time.sleep(0.2)
+    time.sleep(0.5)  # the rest of the block
+    links: dict[str, dict[str, str]] = defaultdict(dict)
+    for line in output.text.splitlines():
+        match = re.match(r"\s+(\S+)\s.*\s(http://\S+)$", line)
+        if match:
+            task, url = match.groups()
+            links[task]["compare" if "/compare-runs" in url else "runs"] = url
+    return dict(links)
+
+
+def close_assistant(page: Any) -> None:
+    """Close MLflow's assistant side panel, if it is open, so the screenshot shows the table."""
+    try:
+        page.locator("button[aria-label='Close']").last.click(timeout=3000)
+    except PlaywrightTimeout:
+        pass
+
+
+def column_values(page: Any, header: str) -> list[str]:
+    """The cells of one column of MLflow's runs table (ag-grid), top to bottom."""
+    return page.evaluate("""header => {
+        const cols = Array.from(document.querySelectorAll('.ag-header-cell'))
+            .filter(h => h.innerText.trim() === header).map(h => h.getAttribute('col-id'));
+        if (!cols.length) return null;
+        const rows = Array.from(document.querySelectorAll(
+                '.ag-center-cols-container .ag-row, .ag-pinned-left-cols-container .ag-row'))
+            .filter(r => r.querySelector(`[col-id="${cols[0]}"]`));
+        rows.sort((a, b) => Number(a.getAttribute('row-index')) - Number(b.getAttribute('row-index')));
+        return rows.map(r => r.querySelector(`[col-id="${cols[0]}"]`).innerText.trim());
+    }""", header)
+
+
+@pytest.mark.slow
+def test_bench_ui_opens_each_task_where_a_user_looks(sweep: Path, tmp_path: Path, data_dir: Path) -> None:
+    """bench ui prints, per task, a link to its finished runs best first (model, seed and the
+    primary metric in view) and one comparing its latest sweep; both open on what they say."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(sweep, results)
+    # A later sweep on airline, and a failed run: the compare link takes the later sweep's
+    # runs alone; the runs view lists finished leaderboard runs only.
+    assert main(["run", "--models", "lstm", "--tasks", "airline", "--profile", "tiny", "--seeds", "0,1",
+                 "--no-baselines", "--set", "model.hidden_size=8", "--sweep", "later", "--results", str(results),
+                 "--data-dir", str(data_dir)]) == 0
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiments = {t: client.get_experiment_by_name(f"seqbench/{t}") for t in ("copy", "airline")}
+    failed = client.create_run(experiments["airline"].experiment_id, run_name="broken-s0",
+                               tags={"kind": "run", "model": "broken"})
+    client.set_terminated(failed.info.run_id, "FAILED")
+
+    port = free_port()
+    ui, output = start_bench_ui(results, port)
+    server: list[psutil.Process] = []
+    try:
+        url = wait_for_ui_url(ui, output)
+        server = server_processes(ui)
+        links = printed_links(output)
+        assert set(links) == {"copy", "airline"}, output.text
+        for task, exp in experiments.items():
+            # Read back from the store: the experiment is a model-training one, with the saved view.
+            exp = client.get_experiment(exp.experiment_id)
+            assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+            assert "mlflow.sharedViewState.seqbench-leaderboard" in exp.tags
+            assert links[task]["runs"].startswith(f"{url}/#/experiments/{exp.experiment_id}/runs?")
+
+        with chromium() as browser:
+            for task, metric in [("airline", "test/mase"), ("copy", "test/ce")]:
+                runs = [r for r in client.search_runs([experiments[task].experiment_id], max_results=1000)
+                        if r.info.status == "FINISHED" and r.data.tags.get("kind") == "run"]
+                best_first = sorted(runs, key=lambda r: r.data.metrics[metric])  # both are lower-is-better
+                context = browser.new_context(viewport={"width": 1700, "height": 1000})  # a first visit
+                page = context.new_page()
+                page.goto(links[task]["runs"], wait_until="load")
+                names = [r.info.run_name for r in best_first]
+                text = wait_for_text(page, [*names, metric, "Sort: " + metric])
+                assert "/runs" in page.url and "Token Usage" not in text and "Latency" not in text, \
+                    f"{task}: not the runs table:\n{text[:2000]}"
+                missing = [n for n in names if n not in text]
+                assert not missing, f"{task}: finished runs not listed: {missing}"
+                assert "broken-s0" not in text, "a failed run is in the leaderboard view"
+                # Each row: the run's model, seed and primary metric as the store holds them, best first.
+                rows = list(zip(*(column_values(page, h) or [] for h in ("Run Name", "model", "seed", metric)),
+                                strict=True))
+                assert len(rows) == len(names), f"{task}: table rows {rows}"
+                shown = sorted((name.splitlines()[-1], model, seed, f"{float(value):.6g}")  # name after its colour
+                               for name, model, seed, value in rows)
+                stored = sorted((r.info.run_name, r.data.tags["model"], r.data.tags["seed"],
+                                 f"{r.data.metrics[metric]:.6g}") for r in runs)
+                assert shown == stored, f"{task}: the table does not show the runs as the store holds them"
+                values = [float(row[3]) for row in rows]
+                assert values == sorted(values), f"{task}: not best first by {metric}: {values}"
+                if task == "airline":
+                    close_assistant(page)
+                    print(f"screenshot: {screenshot(page, tmp_path, 'ui-runs.png')}")
+                context.close()
+
+            # The compare link: the latest sweep's runs of airline, and no others.
+            later = [r for r in client.search_runs([experiments["airline"].experiment_id],
+                                                   filter_string="tags.sweep_id = 'later'")]
+            assert len(later) == 2
+            context = browser.new_context(viewport={"width": 1700, "height": 1000})
+            page = context.new_page()
+            page.goto(links["airline"]["compare"], wait_until="load")
+            text = wait_for_text(page, ["Comparing 2 Runs", "Parallel Coordinates Plot",
+                                        *(r.info.run_id for r in later)])
+            assert "Comparing 2 Runs" in text and "Parallel Coordinates Plot" in text, text[:2000]
+            assert all(r.info.run_id in text for r in later)
+            close_assistant(page)
+            print(f"screenshot: {screenshot(page, tmp_path, 'ui-compare.png')}")
+            context.close()
+
+        stop_bench_ui(ui, signal.SIGINT, output, port, server)
+    finally:
+        cleanup_bench_ui(ui, server)
+
+
 @pytest.mark.slow
 def test_bench_ui_lists_the_runs(sweep: Path, tmp_path: Path) -> None:
     port = free_port()
@@ -331,13 +453,14 @@ def test_bench_ui_lists_the_runs(sweep: Path, tmp_path: Path) -> None:
             text = wait_for_text(page, experiments)
             assert all(e in text for e in experiments), f"experiment list lacks {experiments}:\n{text[:3000]}"
 
-            # MLflow 3: #/experiments/<id> opens the GenAI overview; the training runs are under /runs.
-            page.goto(f"{url}/#/experiments/{copy_id}/runs", wait_until="load")
+            # Every run of the experiment, in the runs tab with the model-training view.
+            page.goto(f"{url}/#/experiments/{copy_id}/runs?workflowType=machine_learning", wait_until="load")
             text = wait_for_text(page, names)
             missing = [n for n in names if n not in text]
             assert not missing, f"runs not listed in the MLflow UI: {missing}\n{text[:3000]}"
             shown = [n for n in others if n in text]
             assert not shown, f"runs of other experiments listed under seqbench/copy: {shown}"
+            assert "(" in text and "Train" in text, "no dataset inputs shown in the Dataset column"
             shot = screenshot(page, tmp_path, "ui.png")
             print(f"screenshot: {shot}")
 

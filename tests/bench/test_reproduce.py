@@ -110,6 +110,7 @@ tolerance = 0.0
     runs = mlflow_runs(results_dir)
     assert sorted(r.data.tags["reproduction"] for r in runs) == ["easy", "easy", "impossible"]
     assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.tags.get("seqbench.model") == "model" for r in runs), "reference runs keep their models"
     table = (results_dir / "reports" / "reproduce.md").read_text()
     easy = [r.data.metrics["test/ce"] for r in runs if r.data.tags["reproduction"] == "easy"]
     row = next(line for line in table.splitlines() if line.startswith("| easy "))

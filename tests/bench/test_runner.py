@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 import bench.catalog
 import bench.runner
+import bench.saved_model
 from bench.catalog import load_catalog, parse_request, resolve
 from bench.cli import main
 from bench.module import SeqModule
@@ -295,7 +296,7 @@ def test_evaluation_covers_whole_splits_with_the_best_checkpoint(runner: Runner,
             super().__init__(*args, **kwargs)
             modules.append(self)
 
-    monkeypatch.setattr(bench.runner, "SeqModule", RecordingModule)
+    monkeypatch.setattr(bench.saved_model, "SeqModule", RecordingModule)  # where modules are built
     n_val, n_test, eval_bs = 45, 70, 32  # neither a multiple of the evaluation batch size
     config = make_config(
         "lstm", "adding-count", {"length": 10, "n_train": 256, "n_val": n_val, "n_test": n_test},

@@ -69,6 +69,10 @@ def test_tune_continues_its_study_and_run_tuned_uses_the_best(results_dir: Path,
     assert sorted(int(r.data.tags["trial"]) for r in children) == [0, 1, 2, 3, 4]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert not any(k.startswith("test/") for r in children for k in r.data.metrics)
+    for r in children:  # its data inputs: the splits it saw, never the test split; and no model kept
+        contexts = sorted(t.value for d in r.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context")
+        assert contexts == ["train", "validation"]
+        assert "seqbench.model" not in r.data.tags
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = min(complete, key=lambda t: t.value)
     assert parent.data.tags["best_trial"] == str(best.number)
@@ -90,6 +94,7 @@ def test_tune_continues_its_study_and_run_tuned_uses_the_best(results_dir: Path,
         assert tuned.data.params[key] == str(value)
     assert tuned.data.params["model.hidden_size"] == "8"
     assert "test/ce" in tuned.data.metrics
+    assert tuned.data.tags["seqbench.model"] == "model"  # a tuned run keeps its model, whatever the profile
 
 
 def test_changed_settings_do_not_join_an_old_study(results_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

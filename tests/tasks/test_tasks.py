@@ -577,3 +577,25 @@ def test_a_long_document_keeps_its_head_or_its_tail() -> None:
     assert get_task("imdb").Params().keep == "tail"
     with pytest.raises(ValueError, match="keep='middle'"):
         TextParams(keep="middle")
+
+
+@pytest.mark.parametrize("name", PRESENT_TASKS, ids=PRESENT_TASKS)
+def test_every_split_has_a_dataset_record(name: str, setups: dict[str, tuple[Any, Any]]) -> None:
+    """What a run logs as its dataset inputs: one record per split, named after the task, with
+    the split's digest and where it came from (the split's own file, or the generator)."""
+    from tasks.registry import content_digest
+
+    task, splits = setups[name]
+    records = task.data_records(name, splits)
+    assert [r.context for r in records] == ["train", "validation", "test"]
+    assert {r.name for r in records} == {name}
+    for record, split in zip(records, (splits.train, splits.val, splits.test), strict=True):
+        assert record.digest == content_digest(split) and len(record.digest) == 16
+        assert record.profile["num_rows"] == len(split)
+        files = task.split_files({"validation": "val"}.get(record.context, record.context))
+        if files:
+            assert record.source_type == "http" and files[0].url in str(record.source)
+            assert set(record.profile["files"]) == {f.path for f in files}
+        else:
+            assert record.source_type == "code" and record.source["generator"].endswith(type(task).__qualname__)
+    assert len({r.digest for r in records}) == 3, "two splits with the same content"
