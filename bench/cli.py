@@ -209,7 +209,10 @@ def open_tracker(args: argparse.Namespace, writing: bool = True) -> Any:
             make_results_dir(path.parent)
     from bench.tracking import Tracker
 
-    return Tracker(uri, results_dir(args.results)).connect()
+    tracker = Tracker(uri, results_dir(args.results)).connect()
+    if writing:  # experiments recorded before they had a kind become model-training ones
+        tracker.mark_training_experiments()
+    return tracker
 
 
 def storage_url(args: argparse.Namespace) -> str:

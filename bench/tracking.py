@@ -147,7 +147,6 @@ class Tracker:
         for attempt in range(1, OPEN_ATTEMPTS + 1):
             try:
                 self.client.search_experiments(max_results=1)
-                self.mark_training_experiments()
                 return self
             except BenchError:
                 raise

@@ -103,6 +103,7 @@ def prepare(tracker: Any, base: str) -> list[TaskLinks]:
 
     out = []
     now_ms = int(time.time() * 1000)
+    tracker.mark_training_experiments()
     for exp in sorted(tracker.experiments(), key=lambda e: e.name):
         name = exp.name.removeprefix(EXPERIMENT_PREFIX)
         if name not in TASKS:  # bench scale's experiment, or a task this version no longer has

@@ -48,9 +48,10 @@ def test_experiments_are_created_as_model_training(results_dir: Path, data_dir: 
     assert experiment.tags.get(KIND_TAG) == TRAINING_KIND
 
 
-def test_an_existing_store_is_fixed_when_bench_opens_it(results_dir: Path) -> None:
+def test_an_existing_store_is_fixed_when_bench_writes_to_it(results_dir: Path, data_dir: Path) -> None:
     """Experiments written without the kind (or with another one) get the training kind the
-    next time bench opens the store; experiments that are not seqbench's are left alone."""
+    next time bench writes to the store; experiments that are not seqbench's are left alone,
+    and a report (which only reads) changes nothing."""
     results_dir.mkdir()
     tracker = Tracker(default_tracking_uri(results_dir), results_dir)
     client = tracker.client
@@ -59,7 +60,11 @@ def test_an_existing_store_is_fixed_when_bench_opens_it(results_dir: Path) -> No
     foreign = client.create_experiment("someone-else")
     assert KIND_TAG not in client.get_experiment(old).tags
 
-    Tracker(default_tracking_uri(results_dir), results_dir).connect()
+    client.create_run(old, tags={"kind": "run"})
+    assert main(["report", "--results", str(results_dir), "--format", "md"]) == 2  # nothing to report yet
+    assert KIND_TAG not in client.get_experiment(old).tags
+    assert bench("run", "--models", "last-value", "--tasks", "airline", "--profile", "tiny",
+                 results=results_dir, data_dir=data_dir) == 0
     for exp_id in (old, guessed):
         assert client.get_experiment(exp_id).tags.get(KIND_TAG) == TRAINING_KIND
     assert KIND_TAG not in client.get_experiment(foreign).tags
