@@ -17,6 +17,7 @@ What MLflow 3.17's UI offers for that (read from its bundle, not guessed):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -32,6 +33,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from bench.errors import BenchError
+
+log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120
 VIEW_KEY = "seqbench-leaderboard"  # the saved view of each task's experiment
@@ -86,8 +89,16 @@ class TaskLinks:
     compare_url: str
 
 
-def runs_link(base: str, experiment_id: str) -> str:
-    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{TRAINING_VIEW}"
+def runs_link(base: str, experiment_id: str, primary: str, higher_is_better: bool, saved_view: bool = True) -> str:
+    """A task's runs table: its saved view, or (where the view could not be written) the same
+    filter and sort as URL parameters, with MLflow's default columns."""
+    if saved_view:
+        query = f"viewStateShareKey={VIEW_KEY}"
+    else:
+        query = urllib.parse.urlencode({"searchFilter": LEADERBOARD_RUNS,
+                                        "orderByKey": column("metrics", f"test/{primary}"),
+                                        "orderByAsc": str(not higher_is_better).lower()}, quote_via=urllib.parse.quote)
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}&{TRAINING_VIEW}"
 
 
 def compare_link(base: str, experiment_id: str, run_ids: list[str]) -> str:
@@ -103,21 +114,29 @@ def prepare(tracker: Any, base: str) -> list[TaskLinks]:
 
     out = []
     now_ms = int(time.time() * 1000)
-    tracker.mark_training_experiments()
+    try:
+        tracker.mark_training_experiments()
+        writable = True
+    except Exception as e:  # noqa: BLE001 - a store this user may read but not write
+        log.warning("The run store cannot be written (%s): the links open the runs tables with MLflow's default "
+                    "columns", (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+        writable = False
     for exp in sorted(tracker.experiments(), key=lambda e: e.name):
         name = exp.name.removeprefix(EXPERIMENT_PREFIX)
         if name not in TASKS:  # bench scale's experiment, or a task this version no longer has
             continue
         task = TASKS.get(name)
         view = leaderboard_view(task.primary_metric, task.higher_is_better, now_ms)
-        if not same_view(exp.tags.get(VIEW_TAG), view):
+        if writable and not same_view(exp.tags.get(VIEW_TAG), view):
             tracker.set_experiment_tag(exp.experiment_id, VIEW_TAG, view)
+        saved = writable or same_view(exp.tags.get(VIEW_TAG), view)
         runs = tracker.client.search_runs([exp.experiment_id], filter_string=LEADERBOARD_RUNS, max_results=5000,
                                           order_by=["attributes.start_time DESC"])
         sweep = runs[0].data.tags.get("sweep_id", "") if runs else ""
         in_sweep = [r.info.run_id for r in runs if r.data.tags.get("sweep_id", "") == sweep][:MAX_COMPARED]
         out.append(TaskLinks(name, f"test/{task.primary_metric}", task.higher_is_better, len(runs),
-                             runs_link(base, exp.experiment_id), sweep, len(in_sweep),
+                             runs_link(base, exp.experiment_id, task.primary_metric, task.higher_is_better, saved),
+                             sweep, len(in_sweep),
                              compare_link(base, exp.experiment_id, in_sweep) if in_sweep else ""))
     return out
 

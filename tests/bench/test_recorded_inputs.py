@@ -237,3 +237,50 @@ def test_a_bad_sampling_interval_is_refused(value: str, capsys: pytest.CaptureFi
         main(["run", "--models", "lstm", "--tasks", "airline", "--system-metrics", value])
     assert exit_info.value.code == 2
     assert "number of seconds" in capsys.readouterr().err
+
+
+# -- bench ui's links ------------------------------------------------------------------------
+def test_ui_links_per_task_and_a_store_it_cannot_write(results_dir: Path, data_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench ui saves each task's view and links to it; where the store refuses writes, the
+    links carry the same filter and sort as URL parameters instead (and bench ui still starts)."""
+    import urllib.parse
+
+    from bench.ui import LEADERBOARD_RUNS, VIEW_TAG, prepare
+
+    assert bench("run", "--models", "last-value", "--tasks", "airline", "--profile", "tiny",
+                 results=results_dir, data_dir=data_dir) == 0
+    assert bench("run", "--models", "last-value", "--tasks", "airline", "--profile", "tiny", "--seeds", "1",
+                 "--sweep", "second", results=results_dir, data_dir=data_dir) == 0
+    tracker = Tracker(default_tracking_uri(results_dir), results_dir)
+    exp = tracker.client.get_experiment_by_name("seqbench/airline")
+    tracker.client.delete_experiment_tag(exp.experiment_id, KIND_TAG)
+
+    (links,) = prepare(tracker, "http://h:1")
+    exp = tracker.client.get_experiment(exp.experiment_id)
+    assert exp.tags[KIND_TAG] == TRAINING_KIND and VIEW_TAG in exp.tags
+    view = json.loads(exp.tags[VIEW_TAG])
+    state = json.loads(view["state"])
+    assert state["orderByKey"] == "metrics.`test/mase`" and state["orderByAsc"] is True
+    assert state["searchFilter"] == LEADERBOARD_RUNS
+    assert {"tags.`model`", "tags.`seed`", "metrics.`test/mase`"} <= set(state["selectedColumns"])
+    assert links.runs_url == (f"http://h:1/#/experiments/{exp.experiment_id}/runs?"
+                              "viewStateShareKey=seqbench-leaderboard&workflowType=machine_learning")
+    assert (links.task, links.finished, links.sweep, links.compared) == ("airline", 6, "second", 3)  # + baselines
+    second = tracker.client.search_runs([exp.experiment_id], filter_string="tags.sweep_id = 'second'")
+    query = urllib.parse.parse_qs(links.compare_url.split("?", 1)[1])
+    assert sorted(json.loads(query["runs"][0])) == sorted(r.info.run_id for r in second)
+    assert json.loads(query["experiments"][0]) == [exp.experiment_id]
+
+    # A store that refuses writes, and holds no saved view yet.
+    tracker.client.delete_experiment_tag(exp.experiment_id, VIEW_TAG)
+
+    def refuse(*args: Any) -> None:
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(tracker, "mark_training_experiments", refuse)
+    monkeypatch.setattr(tracker, "set_experiment_tag", refuse)
+    (links,) = prepare(tracker, "http://h:1")
+    query = urllib.parse.parse_qs(links.runs_url.split("?", 1)[1])
+    assert query == {"searchFilter": [LEADERBOARD_RUNS], "orderByKey": ["metrics.`test/mase`"],
+                     "orderByAsc": ["true"], "workflowType": ["machine_learning"]}
