@@ -79,7 +79,8 @@ def save(module: SeqModule, config: RunConfig, splits: Splits, code_version: str
     """Write ``module``'s weights and what rebuilds it into directory ``where``/model."""
     out = where / ARTIFACT
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    # (a compiled backbone's weights are those of the module it wraps: saved under their own names)
+    state = {k.replace("._orig_mod.", "."): v.detach().cpu() for k, v in module.state_dict().items()}
     torch.save(state, out / "weights.pt")
     spec = {
         "format": FORMAT,

@@ -100,12 +100,20 @@ def test_text_batches_are_grouped_by_length(runner: Runner, make_config: Any) ->
 @pytest.mark.slow
 def test_a_compiled_model_trains_and_is_scored_from_its_checkpoint(runner: Runner, tracker: Tracker,
                                                                     make_config: Any) -> None:
+    runner.keep_model = True
     result = runner.run(make_config("lstm", "copy", COPY, model_overrides={"hidden_size": 16},
                                     train_overrides={"compile": True}))
     assert result.status == "finished", result.reason
     data = stored(tracker, result.run_id)
     assert data.params["train.compile"] == "True"
     assert 0.0 <= data.metrics["test/symbol_accuracy"] <= 1.0
+    # Its kept model loads into the plain (uncompiled) module and scores the same.
+    from bench.saved_model import load
+
+    loaded = load(result.run_id, tracker, runner.data_dir)
+    scored = loaded.evaluate("test")
+    assert scored["symbol_accuracy"] == pytest.approx(data.metrics["test/symbol_accuracy"], abs=1e-6)
+    assert scored["ce"] == pytest.approx(data.metrics["test/ce"], rel=1e-5)
 
 
 def test_validation_metrics_are_those_of_the_checkpoint_scored(runner: Runner, tracker: Tracker,
