@@ -344,8 +344,9 @@ def column_values(page: Any, header: str) -> list[str]:
 
 @pytest.mark.slow
 def test_bench_ui_opens_each_task_where_a_user_looks(sweep: Path, tmp_path: Path, data_dir: Path) -> None:
-    """bench ui prints, per task, a link to its finished runs best first (model, seed and the
-    primary metric in view) and one comparing its latest sweep; both open on what they say."""
+    """bench ui says which store it shows and prints, per task, a link to its finished runs best
+    first (model, seed and the primary metric in view) and one comparing its latest sweep; both
+    open on what they say, and every experiment lists its own runs with their datasets."""
     import shutil
 
     results = tmp_path / "results"
@@ -367,6 +368,8 @@ def test_bench_ui_opens_each_task_where_a_user_looks(sweep: Path, tmp_path: Path
     try:
         url = wait_for_ui_url(ui, output)
         server = server_processes(ui)
+        assert url == f"http://127.0.0.1:{port}"
+        assert str(results / "mlflow.db") in " ".join(output.text.split())
         links = printed_links(output)
         assert set(links) == {"copy", "airline"}, output.text
         for task, exp in experiments.items():
@@ -407,6 +410,26 @@ def test_bench_ui_opens_each_task_where_a_user_looks(sweep: Path, tmp_path: Path
                     print(f"screenshot: {screenshot(page, tmp_path, 'ui-runs.png')}")
                 context.close()
 
+            # Every run of an experiment (failed ones too) in its runs tab, none of another's.
+            page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            page.goto(f"{url}/#/experiments", wait_until="load")
+            text = wait_for_text(page, ["seqbench/copy", "seqbench/airline"])
+            assert "seqbench/copy" in text and "seqbench/airline" in text, f"experiment list:\n{text[:3000]}"
+            runs = read_runs(results)
+            copy_id = experiments["copy"].experiment_id
+            names = sorted(r.info.run_name for r in runs if r.info.experiment_id == copy_id)
+            others = {r.info.run_name for r in runs if r.info.experiment_id != copy_id} - set(names)
+            assert len(names) >= 6 and others, (names, others)
+            page.goto(f"{url}/#/experiments/{copy_id}/runs?workflowType=machine_learning", wait_until="load")
+            text = wait_for_text(page, names)
+            missing = [n for n in names if n not in text]
+            assert not missing, f"runs not listed in the MLflow UI: {missing}\n{text[:3000]}"
+            shown = [n for n in others if n in text]
+            assert not shown, f"runs of other experiments listed under seqbench/copy: {shown}"
+            assert "Train" in text and "Test" in text, "no dataset inputs in the Dataset column"
+            print(f"screenshot: {screenshot(page, tmp_path, 'ui.png')}")
+            page.close()
+
             # The compare link: the latest sweep's runs of airline, and no others.
             later = [r for r in client.search_runs([experiments["airline"].experiment_id],
                                                    filter_string="tags.sweep_id = 'later'")]
@@ -421,48 +444,6 @@ def test_bench_ui_opens_each_task_where_a_user_looks(sweep: Path, tmp_path: Path
             close_assistant(page)
             print(f"screenshot: {screenshot(page, tmp_path, 'ui-compare.png')}")
             context.close()
-
-        stop_bench_ui(ui, signal.SIGINT, output, port, server)
-    finally:
-        cleanup_bench_ui(ui, server)
-
-
-@pytest.mark.slow
-def test_bench_ui_lists_the_runs(sweep: Path, tmp_path: Path) -> None:
-    port = free_port()
-    ui, output = start_bench_ui(sweep, port)
-    server: list[psutil.Process] = []
-    try:
-        url = wait_for_ui_url(ui, output)
-        server = server_processes(ui)
-        assert url == f"http://127.0.0.1:{port}"
-        assert str(sweep / "mlflow.db") in " ".join(output.text.split())  # says which store it shows
-
-        name = urllib.parse.quote("seqbench/copy", safe="")
-        copy_id = get_json(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}")[
-            "experiment"]["experiment_id"]
-        runs = read_runs(sweep)
-        names = sorted(r.info.run_name for r in runs if r.info.experiment_id == copy_id)
-        others = sorted(r.info.run_name for r in runs if r.info.experiment_id != copy_id)
-        assert len(names) >= 6 and others, (names, others)
-
-        with chromium() as browser:
-            page = browser.new_page(viewport={"width": 1600, "height": 1200})
-            page.goto(f"{url}/#/experiments", wait_until="load")
-            experiments = ["seqbench/copy", "seqbench/airline"]
-            text = wait_for_text(page, experiments)
-            assert all(e in text for e in experiments), f"experiment list lacks {experiments}:\n{text[:3000]}"
-
-            # Every run of the experiment, in the runs tab with the model-training view.
-            page.goto(f"{url}/#/experiments/{copy_id}/runs?workflowType=machine_learning", wait_until="load")
-            text = wait_for_text(page, names)
-            missing = [n for n in names if n not in text]
-            assert not missing, f"runs not listed in the MLflow UI: {missing}\n{text[:3000]}"
-            shown = [n for n in others if n in text]
-            assert not shown, f"runs of other experiments listed under seqbench/copy: {shown}"
-            assert "(" in text and "Train" in text, "no dataset inputs shown in the Dataset column"
-            shot = screenshot(page, tmp_path, "ui.png")
-            print(f"screenshot: {shot}")
 
         stop_bench_ui(ui, signal.SIGINT, output, port, server)
     finally:
