@@ -145,17 +145,22 @@ def print_links(links: list[TaskLinks], console: Console) -> None:
     if not links:
         console.print("No task has runs yet: bench run records them.")
         return
+
+    def runs(n: int) -> str:
+        return f"{n} run" + ("" if n == 1 else "s")
+
+    width = max(len(t.task) for t in links)
     console.print("Each task's finished runs, best first (model, seed, primary metric, speed, memory):")
     for t in links:
         arrow = "↑" if t.higher_is_better else "↓"
-        console.print(f"  {escape(t.task)}  {t.primary} {arrow}  {t.finished} runs  {t.runs_url}", highlight=False,
-                      soft_wrap=True)
+        console.print(f"  {escape(t.task.ljust(width))}  {t.primary} {arrow}  {runs(t.finished)}  {t.runs_url}",
+                      highlight=False, soft_wrap=True)
     console.print("Each task's latest sweep, compared (parallel coordinates, scatter plots of parameters against "
                   "metrics):")
     for t in links:
         if t.compare_url:
-            console.print(f"  {escape(t.task)}  sweep {escape(t.sweep)}  {t.compared} runs  {t.compare_url}",
-                          highlight=False, soft_wrap=True)
+            console.print(f"  {escape(t.task.ljust(width))}  sweep {escape(t.sweep)}  {runs(t.compared)}  "
+                          f"{t.compare_url}", highlight=False, soft_wrap=True)
 
 
 def serve(tracker: Any, results: Path, host: str, port: int, console: Console) -> int:
