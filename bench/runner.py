@@ -45,7 +45,7 @@ from bench.saved_model import MODEL_TAG, build_module, build_network, keeps_mode
 from bench.saved_model import save as save_model
 from bench.signals import Interrupted, requests
 from bench.tracking import Claim, Heartbeat, SystemMetrics, Tracker
-from tasks.batching import BucketBatchSampler, sorted_batches
+from tasks.batching import BucketBatchSampler, eval_loader
 from tasks.registry import PaddedSplit, Splits, Task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -618,15 +618,6 @@ class _LiveCurve(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
         if trainer.state.fn == "fit" and module.history:
             self.tracker.log_history(self.run_id, module.history[-1:])
-
-
-def eval_loader(split: Any, batch_size: int, **speed: Any) -> DataLoader:
-    """Batches of an evaluation split: every sample once, never shuffled, the last batch kept;
-    variable-length samples batched by length (``tasks.batching``)."""
-    if isinstance(split, PaddedSplit):
-        return DataLoader(split, batch_sampler=sorted_batches(split.lengths, batch_size), collate_fn=split.collate,
-                          **speed)
-    return DataLoader(split, batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=split.collate, **speed)
 
 
 def middle_batch(loader: DataLoader) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ from bench.config import RunConfig, TaskRef
 from bench.errors import BenchError
 from bench.meters import autocast_dtype
 from bench.module import SeqModule
+from tasks.batching import eval_loader
 from tasks.registry import Splits, Task
 
 ARTIFACT = "model"  # the artifact directory of a run's model
@@ -129,8 +130,6 @@ class LoadedModel:
 
     def evaluate(self, split: str = "test", batch_size: int | None = None) -> dict[str, float]:
         """The task's metrics of one split ("train", "val", "test"), every sample once."""
-        from bench.runner import eval_loader
-
         data = getattr(self.splits, split)
         stats: dict[str, torch.Tensor] = {}
         for batch in eval_loader(data, batch_size or self.config.train["eval_batch_size"]):

@@ -12,9 +12,10 @@ order. Evaluation uses ``sorted_batches``: the split in order of length, every s
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -49,3 +50,12 @@ def sorted_batches(lengths: torch.Tensor, batch_size: int) -> list[list[int]]:
     """Every index once, in order of length (ties in index order), cut into batches."""
     order = torch.argsort(torch.as_tensor(lengths), stable=True)
     return [b.tolist() for b in order.split(batch_size)]
+
+
+def eval_loader(split: Any, batch_size: int, **speed: Any) -> DataLoader:
+    """Batches of an evaluation split: every sample once, never shuffled, the last batch kept;
+    a split of variable-length samples (one with ``lengths``) batched by length."""
+    lengths = getattr(split, "lengths", None)
+    if lengths is not None:
+        return DataLoader(split, batch_sampler=sorted_batches(lengths, batch_size), collate_fn=split.collate, **speed)
+    return DataLoader(split, batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=split.collate, **speed)
