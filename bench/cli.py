@@ -278,7 +278,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with SweepProgress(console, len(runs)) as progress:
         keep = True if args.tuned and args.keep_model is None else args.keep_model  # tuned models are kept
         runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress, accelerator=args.accelerator,
-                        rerun=args.rerun, keep_model=keep, system_metrics_s=args.system_metrics)
+                        rerun=args.rerun, keep_model=keep, system_metrics_s=args.system_metrics,
+                        model_required=args.keep_model is True)
         outcomes = runner.sweep(runs, on_result=progress.finished)
     elapsed = time.perf_counter() - t0
     for table in task_tables(outcomes):
@@ -471,7 +472,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     with SweepProgress(console, total) as progress:
         keep = True if args.keep_model is None else args.keep_model  # reference runs keep their models
         runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress, accelerator=args.accelerator,
-                        rerun=args.rerun, keep_model=keep, system_metrics_s=args.system_metrics)
+                        rerun=args.rerun, keep_model=keep, system_metrics_s=args.system_metrics,
+                        model_required=args.keep_model is True)
         outcomes = run_all(planned, runner, progress)
     console.print(table(outcomes))
     out = results_dir(args.results) / "reports"

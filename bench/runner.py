@@ -10,6 +10,7 @@ reason, and the sweep goes on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -41,7 +42,7 @@ from bench.config import RunConfig
 from bench.memory import PeakMemory
 from bench.meters import Throughput, inference_latency
 from bench.module import CURVE, SeqModule
-from bench.saved_model import MODEL_TAG, build_module, build_network, keeps_model, size_mb
+from bench.saved_model import MODEL_ERROR_TAG, MODEL_TAG, build_module, build_network, keeps_model, size_mb
 from bench.saved_model import save as save_model
 from bench.signals import Interrupted, requests
 from bench.tracking import Claim, Heartbeat, SystemMetrics, Tracker
@@ -49,6 +50,7 @@ from tasks.batching import BucketBatchSampler, eval_loader
 from tasks.registry import PaddedSplit, Splits, Task
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -189,10 +191,13 @@ class Runner:
         rerun: bool = False,
         keep_model: bool | None = None,
         system_metrics_s: float | None = None,
+        model_required: bool = False,
     ) -> None:
         """``keep_model``: whether leaderboard runs keep their model (None: their profile's
-        default, ``bench.saved_model.KEEP_MODEL``). ``system_metrics_s``: sample MLflow's system
-        metrics (CPU, GPU, memory) every this many seconds during each run (None: not at all)."""
+        default, ``bench.saved_model.KEEP_MODEL``); ``model_required``: a configuration recorded
+        earlier without its model is trained again (the user asked for models explicitly).
+        ``system_metrics_s``: sample MLflow's system metrics (CPU, GPU, memory) every this many
+        seconds during each run (None: not at all)."""
         self.tracker = tracker
         self.data_dir = data_dir
         self.sweep_id = sweep_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -200,6 +205,7 @@ class Runner:
         self.accelerator = accelerator
         self.rerun = rerun
         self.keep_model = keep_model
+        self.model_required = model_required
         self.system_metrics_s = system_metrics_s
         use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
@@ -255,7 +261,8 @@ class Runner:
             self._reaped.add(task)
         claims = kind == "run"
         keep = claims and keeps_model(config.profile, self.keep_model)
-        if claims and self._done_or_held(result, self.tracker.claim(task, cache_key), keep):
+        required = keep and self.model_required
+        if claims and self._done_or_held(result, self.tracker.claim(task, cache_key), required):
             return result
         reason = self._incompatibility(config)
         if reason:
@@ -279,7 +286,7 @@ class Runner:
             **(tags or {}),
         }
         with self.tracker.claim_lock() if claims else contextlib.nullcontext(), requests.polled():
-            if claims and self._done_or_held(result, self.tracker.claim(task, cache_key), keep):
+            if claims and self._done_or_held(result, self.tracker.claim(task, cache_key), required):
                 return result  # finished or claimed by another process since the first look
             result.run_id = mine = self.tracker.start(task, run_name or f"{config.model}-{suffix}s{config.seed}",
                                                       config.flat(), tags)
@@ -288,7 +295,7 @@ class Runner:
             requests.check()  # a stop request that came while the run was being created
             if claims and not self.tracker.exclusive_claims:  # no lock across machines: look again
                 claim = self.tracker.claim(task, cache_key, mine=mine)
-                if self._done_or_held(result, claim, keep):
+                if self._done_or_held(result, claim, required):
                     self.tracker.give_way(mine, result.run_id)
                     return result
             self._log_datasets(config, mine, evaluate_test)
@@ -328,16 +335,17 @@ class Runner:
         task, splits = self.data(config)
         if id(splits) not in self._records:
             self._records[id(splits)] = task.data_records(config.task.label, splits)
-        records = [r for r in self._records[id(splits)] if evaluate_test or r.context != "test"]
+        records = [dataclasses.replace(r, name=config.task.label)  # (another label may name the same data)
+                   for r in self._records[id(splits)] if evaluate_test or r.context != "test"]
         self.tracker.log_datasets(run_id, records)
 
-    def _done_or_held(self, result: RunResult, claim: Claim, keep_model: bool = False) -> bool:
+    def _done_or_held(self, result: RunResult, claim: Claim, model_required: bool = False) -> bool:
         """Fill ``result`` when the configuration needs no run here: it finished earlier (the
         same configuration, on the same kind of device, with the same code; unless --rerun;
-        and with its model kept, where this run is to keep one), or another live process trains
-        it (busy)."""
+        and with its model kept, where a model is required), or another live process trains it
+        (busy)."""
         done = claim.finished
-        if done is not None and not self.rerun and (MODEL_TAG in done.data.tags or not keep_model):
+        if done is not None and not self.rerun and (MODEL_TAG in done.data.tags or not model_required):
             self._fill_cached(result, claim.finished)
             return True
         if claim.holder is not None:
@@ -363,11 +371,16 @@ class Runner:
         t_record = time.perf_counter()
         self._log_figures(result.run_id, outcome.figures)
         if outcome.module is not None:
-            with tempfile.TemporaryDirectory(prefix="seqbench-model-") as tmp:
-                saved = save_model(outcome.module, result.config, self.data(result.config)[1], code_version, Path(tmp))
-                self.tracker.log_artifacts(result.run_id, saved)
-                metrics["model/artifact_mb"] = size_mb(saved)  # what keeping it costs the store
-            tags[MODEL_TAG] = saved.name
+            try:
+                with tempfile.TemporaryDirectory(prefix="seqbench-model-") as tmp:
+                    saved = save_model(outcome.module, result.config, self.data(result.config)[1], code_version,
+                                       Path(tmp))
+                    self.tracker.log_artifacts(result.run_id, saved)
+                    metrics["model/artifact_mb"] = size_mb(saved)  # what keeping it costs the store
+                tags[MODEL_TAG] = saved.name
+            except Exception as e:  # noqa: BLE001 - the run's figures stand; it is recorded without its model
+                tags[MODEL_ERROR_TAG] = failure_reason(e)
+                log.warning("run %s: its model was not kept: %s", result.run_id, tags[MODEL_ERROR_TAG])
         metrics["time/record_s"] = time.perf_counter() - t_record  # figures, into the store
         metrics["time/total_s"] = time.perf_counter() - t0
         result.metrics, result.references, result.stop_reason = metrics, outcome.references, outcome.stop_reason

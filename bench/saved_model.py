@@ -40,6 +40,7 @@ from tasks.registry import Splits, Task
 
 ARTIFACT = "model"  # the artifact directory of a run's model
 MODEL_TAG = "seqbench.model"  # set on a run whose model is kept: the artifact directory
+MODEL_ERROR_TAG = "seqbench.model_error"  # why a run that was to keep its model could not
 FORMAT = 1  # of model.json; bumped when its meaning changes
 
 # Quick and tiny sweeps are for looking at numbers, and are run again and again: keeping
@@ -81,7 +82,10 @@ def save(module: SeqModule, config: RunConfig, splits: Splits, code_version: str
     out = where / ARTIFACT
     out.mkdir(parents=True, exist_ok=True)
     # (a compiled backbone's weights are those of the module it wraps: saved under their own names)
-    state = {k.replace("._orig_mod.", "."): v.detach().cpu() for k, v in module.state_dict().items()}
+    state = {k.replace("._orig_mod.", "."): v.detach().cpu() if isinstance(v, torch.Tensor) else v
+             for k, v in module.state_dict().items()}
+    if not state and hasattr(module.backbone, "fit_data"):  # a fitted baseline whose state is elsewhere
+        raise ValueError(f"{config.model} keeps what it fitted outside its state dict: it cannot be saved")
     torch.save(state, out / "weights.pt")
     spec = {
         "format": FORMAT,

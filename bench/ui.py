@@ -127,9 +127,15 @@ def prepare(tracker: Any, base: str) -> list[TaskLinks]:
             continue
         task = TASKS.get(name)
         view = leaderboard_view(task.primary_metric, task.higher_is_better, now_ms)
-        if writable and not same_view(exp.tags.get(VIEW_TAG), view):
-            tracker.set_experiment_tag(exp.experiment_id, VIEW_TAG, view)
-        saved = writable or same_view(exp.tags.get(VIEW_TAG), view)
+        saved = same_view(exp.tags.get(VIEW_TAG), view)
+        if writable and not saved:
+            try:
+                tracker.set_experiment_tag(exp.experiment_id, VIEW_TAG, view)
+                saved = True
+            except Exception as e:  # noqa: BLE001 - as above
+                log.warning("The saved view of %s cannot be written (%s): its link opens the runs table with "
+                            "MLflow's default columns", exp.name, (str(e).strip().splitlines() or [""])[0][:200])
+                writable = False
         runs = tracker.client.search_runs([exp.experiment_id], filter_string=LEADERBOARD_RUNS, max_results=5000,
                                           order_by=["attributes.start_time DESC"])
         sweep = runs[0].data.tags.get("sweep_id", "") if runs else ""

@@ -146,7 +146,29 @@ class CharNgram(nn.Module):
                     context = xs[max(0, t - self.order + 2) : t + 1]
                     for start in range(len(context) + 1):
                         counts[tuple(context[start:])][nxt] += 1
+        self._fit(counts)
+
+    def _fit(self, counts: dict[tuple[int, ...], np.ndarray]) -> None:
+        self.counts = counts
         self.log_probs = {c: np.log((n + self.k) / (n.sum() + self.k * self.V)) for c, n in counts.items()}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The fitted counts (sparse), in the state dict: a kept model holds what it learnt."""
+        contexts = list(getattr(self, "counts", {}))
+        rows, cols = [], []
+        for i, c in enumerate(contexts):
+            seen = np.nonzero(self.counts[c])[0]
+            rows += [i] * len(seen)
+            cols += seen.tolist()
+        values = [self.counts[contexts[r]][c] for r, c in zip(rows, cols, strict=True)]
+        return {"contexts": contexts, "rows": torch.tensor(rows, dtype=torch.long),
+                "cols": torch.tensor(cols, dtype=torch.long), "counts": torch.tensor(values, dtype=torch.float64)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        counts = {c: np.zeros(self.V) for c in state["contexts"]}
+        for r, c, n in zip(state["rows"].tolist(), state["cols"].tolist(), state["counts"].tolist(), strict=True):
+            counts[state["contexts"][r]][c] = n
+        self._fit(counts)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         uniform = np.full(self.V, -math.log(self.V))

@@ -149,6 +149,14 @@ def test_a_kept_model_loads_back_and_scores_what_the_run_recorded(results_dir: P
         x = loaded.splits.train.tensors["x"][:2]
         assert loaded.predict(x).shape == (2, *loaded.task.output.shape)
 
+    # A baseline fitted by counting (char-ngram) keeps its counts too.
+    assert bench("run", "--models", "char-ngram", "--tasks", COPY, "--profile", "tiny", "--no-baselines",
+                 "--keep-model", results=results_dir, data_dir=data_dir) == 0
+    (ngram,) = tracker.client.search_runs([tracker.client.get_experiment_by_name("seqbench/copy").experiment_id])
+    scored = load(ngram.info.run_id, tracker, data_dir).evaluate("test")
+    assert scored == pytest.approx({k[5:]: v for k, v in ngram.data.metrics.items() if k.startswith("test/")},
+                                   rel=1e-9)
+
     lstm = next(r for r in runs if r.data.tags["model"] == "lstm")
     capsys.readouterr()
     assert bench("load", lstm.info.run_id, results=results_dir, data_dir=data_dir) == 0
@@ -157,7 +165,7 @@ def test_a_kept_model_loads_back_and_scores_what_the_run_recorded(results_dir: P
     assert out.count(mase) == 2, out  # the loaded model's figure beside the recorded one
 
 
-def test_quick_and_tiny_runs_keep_no_model_unless_asked(results_dir: Path, data_dir: Path,
+def test_quick_and_tiny_runs_keep_no_model_unless_asked(results_dir: Path, data_dir: Path, make_config: Any,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     common = ["--models", "lstm", "--tasks", COPY, "--profile", "tiny", "--no-baselines", "--set",
               "model.hidden_size=8"]
@@ -173,8 +181,15 @@ def test_quick_and_tiny_runs_keep_no_model_unless_asked(results_dir: Path, data_
     err = capsys.readouterr().err
     assert "kept no model" in err and len(err.strip().splitlines()) == 1, err
 
-    # Asking for the model trains the configuration again (its earlier run has none); the
-    # earlier run stays as it was.
+    # A run that keeps models by default (a profile's, --tuned, bench reproduce) takes the earlier
+    # run as it is ...
+    from bench.runner import Runner
+
+    runner = Runner(Tracker(default_tracking_uri(results_dir), results_dir), data_dir, keep_model=True)
+    config = make_config("lstm", "copy", COPY_PARAMS, model_overrides={"hidden_size": 8})
+    assert runner.run(config).status == "cached"
+    # ... and asking for the model explicitly trains the configuration again (its earlier run
+    # has none); the earlier run stays as it was.
     assert bench("run", *common, "--keep-model", results=results_dir, data_dir=data_dir) == 0
     runs = client.search_runs([run.info.experiment_id])
     assert len(runs) == 2
@@ -183,6 +198,21 @@ def test_quick_and_tiny_runs_keep_no_model_unless_asked(results_dir: Path, data_
     # ... and once kept, it is not trained a third time.
     assert bench("run", *common, "--keep-model", results=results_dir, data_dir=data_dir) == 0
     assert len(client.search_runs([run.info.experiment_id])) == 2
+
+
+def test_a_model_that_cannot_be_kept_leaves_the_run_finished(results_dir: Path, data_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("bench.runner.save_model", broken)
+    assert bench("run", "--models", "last-value", "--tasks", "airline", "--profile", "tiny", "--no-baselines",
+                 "--keep-model", results=results_dir, data_dir=data_dir) == 0
+    client = client_of(results_dir)
+    (run,) = client.search_runs([client.get_experiment_by_name("seqbench/airline").experiment_id])
+    assert run.info.status == "FINISHED" and "test/mase" in run.data.metrics
+    assert "seqbench.model" not in run.data.tags
+    assert run.data.tags["seqbench.model_error"] == "OSError: No space left on device"
 
 
 def test_profiles_choose_whether_models_are_kept() -> None:
@@ -272,15 +302,18 @@ def test_ui_links_per_task_and_a_store_it_cannot_write(results_dir: Path, data_d
     assert sorted(json.loads(query["runs"][0])) == sorted(r.info.run_id for r in second)
     assert json.loads(query["experiments"][0]) == [exp.experiment_id]
 
-    # A store that refuses writes, and holds no saved view yet.
+    # A store that refuses writes, and holds no saved view yet: whether the kinds are all set
+    # already (nothing to write but the view) or not.
     tracker.client.delete_experiment_tag(exp.experiment_id, VIEW_TAG)
 
     def refuse(*args: Any) -> None:
         raise PermissionError("read-only")
 
-    monkeypatch.setattr(tracker, "mark_training_experiments", refuse)
     monkeypatch.setattr(tracker, "set_experiment_tag", refuse)
-    (links,) = prepare(tracker, "http://h:1")
-    query = urllib.parse.parse_qs(links.runs_url.split("?", 1)[1])
-    assert query == {"searchFilter": [LEADERBOARD_RUNS], "orderByKey": ["metrics.`test/mase`"],
-                     "orderByAsc": ["true"], "workflowType": ["machine_learning"]}
+    for _ in range(2):
+        (links,) = prepare(tracker, "http://h:1")
+        query = urllib.parse.parse_qs(links.runs_url.split("?", 1)[1])
+        assert query == {"searchFilter": [LEADERBOARD_RUNS], "orderByKey": ["metrics.`test/mase`"],
+                         "orderByAsc": ["true"], "workflowType": ["machine_learning"]}
+        assert links.compare_url and VIEW_TAG not in tracker.client.get_experiment(exp.experiment_id).tags
+        monkeypatch.setattr(tracker, "mark_training_experiments", refuse)
