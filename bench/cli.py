@@ -292,8 +292,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"in {elapsed:.0f} s on {runner.env_tags['device']}."
     )
     console.print(f"Runs are in {uri}")
-    if tracker.local:
-        console.print(f"Browse them: mlflow ui --backend-store-uri {uri}")
+    store = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else (
+        f" --results {args.results}" if args.results else "")
+    console.print(f"Browse them: bench ui{store}  (it prints a link to each task's runs, best first)")
     return 1 if failed else 0
 
 

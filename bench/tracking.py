@@ -115,7 +115,6 @@ class Claim:
 class Tracker:
     def __init__(self, tracking_uri: str, results_dir: Path) -> None:
         self.uri = tracking_uri
-        self.local = tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:")
         # A server stores artifacts itself; with a database URI (SQLite, PostgreSQL, ...) the
         # client writes them, under results/.
         self.local_artifacts = not tracking_uri.startswith(("http:", "https:", "databricks"))
