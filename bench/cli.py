@@ -499,7 +499,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         loaded = load(args.run_id, tracker, resolve_data_dir(args.data_dir), args.device)
         metrics = loaded.evaluate(args.split)
     recorded = tracker.get_run(args.run_id).data.metrics
-    prefix = {"val": "val", "test": "test"}.get(args.split)
+    prefix = None if args.split == "train" else args.split  # the run recorded val/ and test/ metrics
     table = Table(title=f"run {args.run_id}: {loaded.config.label}, {args.split} split, loaded from the store")
     for col in ("metric", "loaded model", "recorded by the run"):
         table.add_column(col, justify="left" if col == "metric" else "right")

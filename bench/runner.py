@@ -212,22 +212,27 @@ class Runner:
         self.env_tags = environment_tags(self.device)
         self.device_kind = device_kind(self.device)
         self._data: OrderedDict[str, tuple[Task, Splits]] = OrderedDict()
-        self._records: dict[int, list[Any]] = {}  # id(splits) -> its dataset records
+        self._records: dict[str, list[Any]] = {}  # the dataset records of the data kept in _data, by its key
         self._reaped: set[str] = set()  # tasks whose abandoned runs were looked for
 
     def data(self, config: RunConfig) -> tuple[Task, Splits]:
         """The task and its splits; kept for the next runs that use the same data."""
-        task_cls = tasks.get_task(config.task.name)
-        seed = config.seed if task_cls.seeded_data else None  # real data: one setup serves every seed
-        key = json.dumps([config.task.name, config.task_params, seed], sort_keys=True)
+        key = self._data_key(config)
         if key not in self._data:
+            task_cls = tasks.get_task(config.task.name)
             task = task_cls(task_cls.make_params(**config.task_params), self.data_dir, config.seed)
             self._data[key] = (task, task.setup())
             while len(self._data) > 4:
-                _, (_, dropped) = self._data.popitem(last=False)
-                self._records.pop(id(dropped), None)
+                dropped, _ = self._data.popitem(last=False)
+                self._records.pop(dropped, None)
         self._data.move_to_end(key)
         return self._data[key]
+
+    @staticmethod
+    def _data_key(config: RunConfig) -> str:
+        seeded = tasks.get_task(config.task.name).seeded_data
+        seed = config.seed if seeded else None  # real data: one setup serves every seed
+        return json.dumps([config.task.name, config.task_params, seed], sort_keys=True)
 
     def run(
         self,
@@ -333,10 +338,11 @@ class Runner:
         """The run's splits as its dataset inputs (a run that never sees the test split, a
         tuning trial, does not list it)."""
         task, splits = self.data(config)
-        if id(splits) not in self._records:
-            self._records[id(splits)] = task.data_records(config.task.label, splits)
+        key = self._data_key(config)
+        if key not in self._records:
+            self._records[key] = task.data_records(config.task.label, splits)
         records = [dataclasses.replace(r, name=config.task.label)  # (another label may name the same data)
-                   for r in self._records[id(splits)] if evaluate_test or r.context != "test"]
+                   for r in self._records[key] if evaluate_test or r.context != "test"]
         self.tracker.log_datasets(run_id, records)
 
     def _done_or_held(self, result: RunResult, claim: Claim, model_required: bool = False) -> bool:

@@ -93,6 +93,7 @@ def save(module: SeqModule, config: RunConfig, splits: Splits, code_version: str
         "model_params": config.model_params,
         "task": config.task.name,
         "task_variant": config.task.label,
+        "task_ref": {"variant": config.task.variant, "params": config.task.params},  # as named on the CLI
         "task_params": config.task_params,
         "task_version": config.task_version,
         "seed": config.seed,
@@ -145,13 +146,8 @@ class LoadedModel:
 
 def config_of(spec: dict[str, Any]) -> RunConfig:
     task_cls = tasks.get_task(spec["task"])
-    label = spec["task_variant"]
-    variant = ""
-    rest = label.split(":")[1:]
-    if rest and "=" not in rest[0]:
-        variant = rest[0]
-    params = dict(p.split("=", 1) for p in rest if "=" in p)
-    return RunConfig(spec["model"], TaskRef(task_cls.name, variant, params), int(spec["seed"]), spec["profile"],
+    ref = TaskRef(task_cls.name, spec["task_ref"]["variant"], spec["task_ref"]["params"])
+    return RunConfig(spec["model"], ref, int(spec["seed"]), spec["profile"],
                      spec["model_params"], spec["task_params"], spec["train"], spec["budget"],
                      int(spec.get("task_version", task_cls.version)))
 

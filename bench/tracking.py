@@ -178,7 +178,7 @@ class Tracker:
         changed = 0
         for exp in self.experiments():
             if exp.tags.get(KIND_TAG) != TRAINING_KIND:
-                self.client.set_experiment_tag(exp.experiment_id, KIND_TAG, TRAINING_KIND)
+                self.set_experiment_tag(exp.experiment_id, KIND_TAG, TRAINING_KIND)
                 changed += 1
         return changed
 
