@@ -265,21 +265,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         configs = resolve(request)  # every value checked before anything is written
         runs = tuned_configs(configs, request, args) if args.tuned else [(c, {}) for c in configs]
 
+        from bench.executor import open_executor
         from bench.progress import SweepProgress
-        from bench.runner import Runner
         from bench.signals import requests
         from bench.summary import task_tables
 
         tracker = open_tracker(args)
         uri = tracker.uri
 
-    requests.install()  # Ctrl+C and SIGTERM: the run under way ends KILLED, the sweep stops (130, 143)
+    requests.install()  # Ctrl+C and SIGTERM: the runs under way end KILLED, the sweep stops (130, 143)
     t0 = time.perf_counter()
-    with SweepProgress(console, len(runs)) as progress:
-        keep = True if args.tuned and args.keep_model is None else args.keep_model  # tuned models are kept
-        runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress, accelerator=args.accelerator,
-                        rerun=args.rerun, keep_model=keep, system_metrics_s=args.system_metrics,
-                        model_required=args.keep_model is True)
+    keep = True if args.tuned and args.keep_model is None else args.keep_model  # tuned models are kept
+    settings = runner_settings(args, tracker, data_dir, keep)
+    with SweepProgress(console, len(runs)) as progress, open_executor(settings, tracker, progress,
+                                                                      ray_options(args)) as runner:
         outcomes = runner.sweep(runs, on_result=progress.finished)
     elapsed = time.perf_counter() - t0
     for table in task_tables(outcomes):
@@ -289,13 +288,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(
         f"Sweep {runner.sweep_id}: {counts['finished']} finished, {counts['cached']} recorded earlier "
         f"(skipped; --rerun to run again), {counts['failed']} failed, {counts['refused']} refused "
-        f"in {elapsed:.0f} s on {runner.env_tags['device']}."
+        f"in {elapsed:.0f} s on {runner.runs_on}."
     )
     console.print(f"Runs are in {uri}")
     store = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else (
         f" --results {args.results}" if args.results else "")
     console.print(f"Browse them: bench ui{store}  (it prints a link to each task's runs, best first)")
     return 1 if failed else 0
+
+
+def runner_settings(args: argparse.Namespace, tracker: Any, data_dir: Path, keep: bool | None) -> Any:
+    """What every run of a sweep is made with, wherever it runs."""
+    from bench.executor import RunnerSettings, new_sweep_id
+
+    return RunnerSettings(tracking_uri=tracker.uri, results_dir=str(results_dir(args.results).resolve()),
+                          data_dir=str(data_dir.resolve()), sweep_id=args.sweep or new_sweep_id(),
+                          accelerator=args.accelerator, rerun=getattr(args, "rerun", False), keep_model=keep,
+                          model_required=getattr(args, "keep_model", None) is True,
+                          system_metrics_s=args.system_metrics)
+
+
+def ray_options(args: argparse.Namespace) -> Any:
+    """``--ray [ADDRESS]`` and the resources of each run; None without --ray."""
+    if args.ray is None:
+        if args.cpus_per_run is not None or args.gpus_per_run is not None:
+            raise BenchError("--cpus-per-run and --gpus-per-run go with --ray (a local sweep runs one run at a time)")
+        return None
+    from bench.executor import RayOptions
+
+    return RayOptions(address=args.ray or None, cpus_per_run=args.cpus_per_run or 1.0,
+                      gpus_per_run=args.gpus_per_run)
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -463,23 +485,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise BenchError("Reference experiments lack their data: " + "; ".join(missing))
     check_store(args, writing=True)
     with console.status("Loading torch, Lightning and MLflow…"):
+        from bench.executor import open_executor
         from bench.progress import SweepProgress
-        from bench.runner import Runner
         from bench.signals import requests
 
         tracker = open_tracker(args)
     requests.install()
     total = sum(len(configs) for _, configs in planned)
-    with SweepProgress(console, total) as progress:
-        keep = True if args.keep_model is None else args.keep_model  # reference runs keep their models
-        runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress, accelerator=args.accelerator,
-                        rerun=args.rerun, keep_model=keep, system_metrics_s=args.system_metrics,
-                        model_required=args.keep_model is True)
+    keep = True if args.keep_model is None else args.keep_model  # reference runs keep their models
+    settings = runner_settings(args, tracker, data_dir, keep)
+    with SweepProgress(console, total) as progress, open_executor(settings, tracker, progress,
+                                                                  ray_options(args)) as runner:
         outcomes = run_all(planned, runner, progress)
     console.print(table(outcomes))
     out = results_dir(args.results) / "reports"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "reproduce.md").write_text(markdown(outcomes, runner.env_tags["device"]))
+    (out / "reproduce.md").write_text(markdown(outcomes, runner.runs_on))
     missed = [o.experiment.name for o in outcomes if not o.passed]
     console.print(f"{len(outcomes) - len(missed)} of {len(outcomes)} reference experiments reach their published "
                   f"figure" + (f"; missed: {', '.join(missed)}" if missed else "") + f". Table: {out / 'reproduce.md'}")
@@ -590,6 +611,14 @@ def training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system-metrics", type=positive_seconds, nargs="?", const=10.0, metavar="SECONDS",
                    help="record MLflow's system metrics (CPU, GPU, memory) during each run, sampled every "
                    "SECONDS (default when given: 10)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="spread the runs over Ray workers: a local Ray instance on this machine's cores, or the "
+                   "cluster at ADDRESS (e.g. 10.0.0.5:6379); needs pip install 'seqbench[ray]'")
+    p.add_argument("--cpus-per-run", type=positive_count, metavar="N",
+                   help="with --ray: CPUs each run takes, and its torch threads (default: 1)")
+    p.add_argument("--gpus-per-run", type=non_negative_count, metavar="N",
+                   help="with --ray: GPUs each run takes, fractions allowed (default: 1 where the cluster has "
+                   "GPUs, else 0)")
 
 
 def keep_model_option(p: argparse.ArgumentParser, default: str) -> None:
@@ -604,6 +633,23 @@ def positive_seconds(text: str) -> float:
         value = float("nan")
     if not 0 < value < 86400:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds between 0 and 86400")
+    return value
+
+
+def positive_count(text: str) -> float:
+    value = non_negative_count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not more than 0")
+    return value
+
+
+def non_negative_count(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number between 0 and 1024")
     return value
 
 

@@ -1,12 +1,44 @@
-"""Live progress of a sweep: the overall count, the current run's steps, its loss and
-latest validation score, and one line per finished run."""
+"""Live progress of a sweep: the overall count, a row per run under way (its steps, loss and
+latest validation score), and one line per finished run. The local runner has one run under
+way at a time; a sweep spread over Ray workers has several (``row(key)``, one per run)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+
+class RunRow:
+    """The live row of one run under way (a ``bench.runner.Listener``)."""
+
+    def __init__(self, progress: Progress, description: str, total: float | None, info: str = "") -> None:
+        self.progress = progress
+        self.id: TaskID = progress.add_task(description, total=total, info=info)
+        self.primary = ""
+
+    def on_start(self, config: Any, max_steps: int) -> None:
+        self.primary = ""
+        self.progress.update(self.id, description=f"  {config.label}", total=max_steps, completed=0, info="")
+
+    def on_step(self, step: int, loss: float) -> None:
+        shown = f"loss {loss:.4g}" if loss == loss else "loss …"  # nan: not read yet
+        self.progress.update(self.id, completed=step, info=f"{shown}{self.primary}")
+
+    def on_validation(self, step: int, metrics: dict[str, float]) -> None:
+        name, value = next(iter(metrics.items()))
+        self.primary = f"  val/{name} {value:.4g}"
+
+    def on_evaluate(self) -> None:
+        self.progress.update(self.id, info=f"evaluating the best checkpoint{self.primary}")
+
+    def on_wait(self, result: Any) -> None:
+        self.progress.update(self.id, description=f"  {result.config.label}", total=None,
+                             info=f"waiting: {result.reason}")
+
+    def remove(self) -> None:
+        self.progress.remove_task(self.id)
 
 
 class SweepProgress:
@@ -24,8 +56,7 @@ class SweepProgress:
             transient=True,
         )
         self.sweep = self.progress.add_task("sweep", total=total_runs, info="")
-        self.current: Any = None
-        self.primary = ""
+        self.rows: dict[Any, RunRow] = {}
 
     def __enter__(self) -> SweepProgress:
         self.progress.start()
@@ -34,47 +65,53 @@ class SweepProgress:
     def __exit__(self, *exc: Any) -> None:
         self.progress.stop()
 
-    # Listener protocol (called by the runner)
+    def row(self, key: Any = None, label: str = "") -> RunRow:
+        """The row of run ``key`` (made on first use; ``label`` until the run itself starts)."""
+        if key not in self.rows:
+            self.rows[key] = RunRow(self.progress, f"  {label}", None, "starting" if label else "")
+        return self.rows[key]
+
+    def drop(self, key: Any = None) -> None:
+        row = self.rows.pop(key, None)
+        if row is not None:
+            row.remove()
+
+    def in_flight(self, count: int, queued: int) -> None:
+        """Runs under way on workers, and runs waiting for one (a sweep spread over Ray)."""
+        self.progress.update(self.sweep, info=f"{count} running, {queued} waiting for a worker")
+
+    # Listener protocol (called by the local runner: one run at a time)
     def on_start(self, config: Any, max_steps: int) -> None:
-        if self.current is not None:
-            self.progress.remove_task(self.current)
-        self.primary = ""
-        self.current = self.progress.add_task(f"  {config.label}", total=max_steps, info="")
+        self.drop()
+        self.row().on_start(config, max_steps)
 
     def on_step(self, step: int, loss: float) -> None:
-        shown = f"loss {loss:.4g}" if loss == loss else "loss …"  # nan: not read yet
-        self.progress.update(self.current, completed=step, info=f"{shown}{self.primary}")
+        self.row().on_step(step, loss)
 
     def on_validation(self, step: int, metrics: dict[str, float]) -> None:
-        name, value = next(iter(metrics.items()))
-        self.primary = f"  val/{name} {value:.4g}"
+        self.row().on_validation(step, metrics)
 
     def on_evaluate(self) -> None:
-        self.progress.update(self.current, info=f"evaluating the best checkpoint{self.primary}")
+        self.row().on_evaluate()
 
     def on_wait(self, result: Any) -> None:
-        if self.current is not None:
-            self.progress.remove_task(self.current)
-        self.current = self.progress.add_task(f"  {result.config.label}", total=None,
-                                              info=f"waiting: {result.reason}")
+        self.row().on_wait(result)
 
-    def finished(self, result: Any) -> None:
+    def finished(self, result: Any, key: Any = None) -> None:
         self.done += 1
         self.progress.update(self.sweep, completed=self.done)
-        key = f"test/{result.primary_metric}"
+        key_metric = f"test/{result.primary_metric}"
         if result.status == "failed":
             line = f"[red]failed[/]   {result.config.label}: {result.reason}"
         elif result.status == "refused":
             line = f"[yellow]refused[/]  {result.config.label}: {result.reason}"
         else:
-            score = result.metrics.get(key)
-            text = f"{key} {score:.4g}" if score is not None else ""
+            score = result.metrics.get(key_metric)
+            text = f"{key_metric} {score:.4g}" if score is not None else ""
             state = "[green]done[/]  " if result.status == "finished" else "[cyan]cached[/]"
             line = f"{state}   {result.config.label}: {text}  ({result.metrics.get('time/total_s', 0):.1f} s)"
         self.console.print(f"[{self.done}/{self.total}] {line}", highlight=False)
-        if self.current is not None:
-            self.progress.remove_task(self.current)
-            self.current = None
+        self.drop(key)
 
 
 class TuneProgress(SweepProgress):
@@ -100,6 +137,4 @@ class TuneProgress(SweepProgress):
                            f"{best_text} · {pruned} pruned, {failed} failed", highlight=False)
         self.progress.update(self.sweep, completed=len(census.counted),
                              info=f"{best_text}, {pruned} pruned, {failed} failed")
-        if self.current is not None:
-            self.progress.remove_task(self.current)
-            self.current = None
+        self.drop()

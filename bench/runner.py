@@ -23,7 +23,6 @@ import subprocess
 import tempfile
 import time
 import traceback
-import uuid
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import bench
 import models
 import tasks
 from bench.config import RunConfig
+from bench.executor import RunnerSettings, new_sweep_id
 from bench.memory import PeakMemory
 from bench.meters import Throughput, inference_latency
 from bench.module import CURVE, SeqModule
@@ -200,7 +200,7 @@ class Runner:
         seconds during each run (None: not at all)."""
         self.tracker = tracker
         self.data_dir = data_dir
-        self.sweep_id = sweep_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.sweep_id = sweep_id or new_sweep_id()
         self.listener = listener
         self.accelerator = accelerator
         self.rerun = rerun
@@ -214,6 +214,19 @@ class Runner:
         self._data: OrderedDict[str, tuple[Task, Splits]] = OrderedDict()
         self._records: dict[str, list[Any]] = {}  # the dataset records of the data kept in _data, by its key
         self._reaped: set[str] = set()  # tasks whose abandoned runs were looked for
+
+    @classmethod
+    def from_settings(cls, s: RunnerSettings, tracker: Tracker | None = None,
+                      listener: Listener | None = None) -> Runner:
+        """A runner made of ``s`` (a Ray worker opens its own tracker on ``s.tracking_uri``)."""
+        tracker = tracker or Tracker(s.tracking_uri, Path(s.results_dir))
+        return cls(tracker, Path(s.data_dir), sweep_id=s.sweep_id, listener=listener, accelerator=s.accelerator,
+                   rerun=s.rerun, keep_model=s.keep_model, system_metrics_s=s.system_metrics_s,
+                   model_required=s.model_required)
+
+    @property
+    def runs_on(self) -> str:
+        return self.env_tags["device"]
 
     def data(self, config: RunConfig) -> tuple[Task, Splits]:
         """The task and its splits; kept for the next runs that use the same data."""
@@ -352,7 +365,7 @@ class Runner:
         (busy)."""
         done = claim.finished
         if done is not None and not self.rerun and (MODEL_TAG in done.data.tags or not model_required):
-            self._fill_cached(result, claim.finished)
+            self.fill_cached(result, claim.finished)
             return True
         if claim.holder is not None:
             result.status, result.run_id = "busy", claim.holder.run_id
@@ -361,7 +374,7 @@ class Runner:
         return False
 
     @staticmethod
-    def _fill_cached(result: RunResult, done: Any) -> None:
+    def fill_cached(result: RunResult, done: Any) -> None:
         result.status, result.run_id, result.metrics = "cached", done.info.run_id, dict(done.data.metrics)
         result.references = {k.split(".", 1)[1]: float(v) for k, v in done.data.tags.items()
                              if k.startswith("reference.")}
@@ -431,7 +444,7 @@ class Runner:
             while result.status == "busy":  # (again, if a third process took it over in the meantime)
                 done = self.wait(result)
                 if done.info.status == "FINISHED" and done.info.lifecycle_stage != "deleted":
-                    self._fill_cached(result, done)  # trained elsewhere during this sweep, --rerun or not
+                    self.fill_cached(result, done)  # trained elsewhere during this sweep, --rerun or not
                 else:
                     result = self.run(runs[i][0], tags=runs[i][1])
             results[i] = result

@@ -34,13 +34,16 @@ class StopRequests:
         self.graceful = False
         self._polled = 0
 
-    def install(self, graceful: bool = False) -> None:
+    def install(self, graceful: bool = False, sigterm: bool = True) -> None:
         """Handle Ctrl+C and SIGTERM from now on (in the main thread: the CLI's commands).
         ``graceful`` (bench tune): a first request never raises where it lands; a run inside
-        Lightning stops at its next batch, and otherwise the caller looks at ``pending``."""
+        Lightning stops at its next batch, and otherwise the caller looks at ``pending``.
+        ``sigterm=False`` (a Ray worker, whose SIGTERM belongs to Ray): SIGINT alone, which is
+        how Ray cancels the task under way."""
         self.pending, self.delivered, self.count, self.graceful = None, None, 0, graceful
         signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        if sigterm:
+            signal.signal(signal.SIGTERM, self._handle)
 
     @property
     def installed(self) -> bool:

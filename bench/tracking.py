@@ -23,7 +23,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,11 +293,13 @@ class Tracker:
         log.warning("run %s (%s) was abandoned by %s: marked FAILED", run.info.run_id,
                     run.data.tags.get("mlflow.runName", ""), run.data.tags.get(OWNER_TAG, "an older version"))
 
-    def reap(self, task: str) -> int:
-        """Mark this task's abandoned runs FAILED ("abandoned: no heartbeat"); how many were."""
+    def reap(self, task: str, gone: Callable[[Any], bool] | None = None) -> int:
+        """Mark this task's abandoned runs FAILED ("abandoned: no heartbeat"); how many were.
+        ``gone``: what else tells that a run's process died (its Ray node did)."""
         found = 0
         for run in self.search(task, "attributes.status = 'RUNNING'"):
-            if run.data.tags.get("kind", "run") in ("run", "trial") and self.abandoned(run):
+            if run.data.tags.get("kind", "run") in ("run", "trial") and (
+                    self.abandoned(run) or (gone is not None and gone(run))):
                 self.mark_abandoned(run)
                 found += 1
         return found

@@ -1,0 +1,294 @@
+"""Sweeps on Ray: every (model, task, seed) run is a Ray task, scheduled by Ray onto whatever
+CPUs and GPUs the cluster has (``--cpus-per-run``, ``--gpus-per-run``).
+
+- Warm workers. Ray keeps a worker process per slot and gives it task after task; the
+  process keeps its ``Runner`` (torch, Lightning and MLflow imported once, the task data
+  cached) for every run of the sweep that lands on it.
+- Exactly once. A run whose worker or node dies is started again by Ray elsewhere (up to
+  ``RETRIES`` times); a run that fails on its own (NaN, an exception) comes back as a failed
+  result and is not retried. Workers claim each configuration through the store, as local
+  sweeps do (``bench.tracking``): two sweeps on the same pairs never both train one; one that
+  finds a pair claimed waits for the claimant and takes its result (or trains it if the
+  claimant failed or died). The run left RUNNING by a dead worker is marked FAILED
+  ("abandoned"): by its process id on the same machine, by its Ray node's death otherwise.
+- The driver shows the live progress of every run under way (relayed through a Ray queue)
+  and, on Ctrl+C or SIGTERM, cancels what is queued, stops what runs at its next batch
+  (recorded KILLED), and exits as a local sweep does.
+
+Results go to the one store every worker reaches: ``--tracking-uri`` (an MLflow server, or
+a database URI), or the local SQLite store when the cluster is this machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from bench.errors import BenchError
+from bench.executor import RayOptions, RunnerSettings
+from bench.runner import Listener, Runner, RunResult, failure_reason
+from bench.signals import requests
+from bench.tracking import Tracker, sqlite_path
+
+log = logging.getLogger(__name__)
+
+RETRIES = 3  # a run whose worker or node died is started again this many times, on any node
+NODE_TAG = "seqbench.ray_node"  # the Ray node a run was trained on
+POLL_S = 0.2  # the driver's beat: results, progress, a stop request
+BUSY_POLL_S = 5.0  # how often a run held by another sweep is looked at
+CANCEL_GRACE_S = 60.0  # after a stop request, how long cancelled runs get to record themselves KILLED
+
+
+class Rows(Protocol):
+    """The driver's live display (``bench.progress.SweepProgress``): a row per run under way."""
+
+    def row(self, key: Any = None, label: str = "") -> Listener: ...
+    def drop(self, key: Any = None) -> None: ...
+    def in_flight(self, count: int, queued: int) -> None: ...
+
+
+# -- on the workers ---------------------------------------------------------------------------
+
+_runner: tuple[RunnerSettings, Runner] | None = None  # this worker process's runner, kept between runs
+
+
+class Relay:
+    """A run's progress, forwarded to the driver's display (best effort: a run never waits for
+    it, nor fails because of it)."""
+
+    def __init__(self, queue: Any, key: int) -> None:
+        self.queue, self.key = queue, key
+
+    def _send(self, event: str, *args: Any) -> None:
+        try:
+            self.queue.actor.put_nowait.remote((self.key, event, args))
+        except Exception:  # noqa: BLE001 - the display is gone or full; the run goes on
+            pass
+
+    def on_start(self, config: Any, max_steps: int) -> None:
+        self._send("on_start", config, max_steps)
+
+    def on_step(self, step: int, loss: float) -> None:
+        self._send("on_step", step, loss)
+
+    def on_validation(self, step: int, metrics: dict[str, float]) -> None:
+        self._send("on_validation", step, metrics)
+
+    def on_evaluate(self) -> None:
+        self._send("on_evaluate")
+
+    def on_wait(self, result: RunResult) -> None:
+        pass
+
+
+def run_on_worker(settings: RunnerSettings, threads: int, config: Any, tags: dict[str, str], queue: Any,
+                  key: int) -> RunResult:
+    """One run, on a Ray worker (this process's runner is made on its first run)."""
+    import ray
+    import torch
+
+    global _runner
+    if _runner is None or _runner[0] != settings:
+        # ray.cancel reaches a running task as SIGINT: the run stops at its next batch, KILLED
+        requests.install(sigterm=False)
+        torch.set_num_threads(threads)
+        _runner = (settings, Runner.from_settings(settings))
+    runner = _runner[1]
+    runner.listener = Relay(queue, key) if queue is not None else None
+    return runner.run(config, tags={**tags, NODE_TAG: ray.get_runtime_context().get_node_id()})
+
+
+# -- on the driver ----------------------------------------------------------------------------
+
+class RayExecutor:
+    def __init__(self, settings: RunnerSettings, tracker: Tracker, options: RayOptions,
+                 listener: Rows | None = None) -> None:
+        if options.address is None:
+            # A local instance needs no network: Ray then binds every service to loopback.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        import ray
+
+        self.settings, self.tracker, self.options, self.listener = settings, tracker, options, listener
+        self.sweep_id = settings.sweep_id
+        self.owned = not ray.is_initialized()  # shut down on close what this executor started
+        if self.owned:
+            try:
+                ray.init(address=options.address or "local", include_dashboard=False, log_to_driver=False,
+                         configure_logging=False, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                text = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise BenchError(f"Cannot reach the Ray cluster at {options.address}: {text}; start it with "
+                                 "`ray start --head`, or leave out the address to run on this machine") from None
+        resources = ray.cluster_resources()
+        self.cpus, self.gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+        self.gpus_per_run = options.gpus_per_run if options.gpus_per_run is not None else float(self.gpus >= 1)
+        if options.cpus_per_run > self.cpus or self.gpus_per_run > self.gpus:
+            raise BenchError(f"Each run asks for {options.cpus_per_run:g} CPUs and {self.gpus_per_run:g} GPUs "
+                             f"(--cpus-per-run, --gpus-per-run), more than the Ray cluster has "
+                             f"({self.cpus:g} CPUs, {self.gpus:g} GPUs)")
+        self.nodes = sum(1 for n in ray.nodes() if n["Alive"])
+        if sqlite_path(tracker.uri) is not None and self.nodes > 1:
+            log.warning("The run store %s is a file on this machine: workers on other machines cannot reach it. "
+                        "Give every worker one store with --tracking-uri (an MLflow server, or PostgreSQL).",
+                        tracker.uri)
+        self._remote = ray.remote(run_on_worker).options(
+            num_cpus=options.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=RETRIES, retry_exceptions=False)
+        self.queue = self._relay_queue() if listener is not None else None
+
+    @property
+    def runs_on(self) -> str:
+        gpus = f", {self.gpus_per_run:g} GPU" if self.gpus_per_run else ""
+        return (f"Ray, {self.nodes} node{'s' * (self.nodes != 1)} ({self.cpus:g} CPUs, {self.gpus:g} GPUs), "
+                f"{self.options.cpus_per_run:g} CPU{gpus} per run")
+
+    def _relay_queue(self) -> Any:
+        import ray
+        from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})  # beside the driver
+
+    def close(self) -> None:
+        import ray
+
+        if self.owned and ray.is_initialized():
+            ray.shutdown()
+
+    def sweep(self, runs: list[tuple[Any, dict[str, str]]],
+              on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
+        """Submit every run at once (Ray queues them by resources); take the results as they
+        come. A run that another process holds is looked at again every ``BUSY_POLL_S``."""
+        import ray
+
+        results: list[RunResult | None] = [None] * len(runs)
+        pending: dict[Any, int] = {self._submit(runs, i): i for i in range(len(runs))}
+        busy: dict[int, RunResult] = {}
+        started: set[int] = set()
+        last_look = time.monotonic()
+
+        def settle(i: int, result: RunResult) -> None:
+            results[i] = result
+            if self.listener is not None:
+                self.listener.drop(i)
+            if on_result is not None:
+                on_result(result)
+
+        try:
+            with requests.polled():  # a stop request is acted upon below, between two looks
+                while pending or busy:
+                    requests.raise_pending()
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S) if pending else ([], [])
+                    if not pending:
+                        time.sleep(POLL_S)
+                    started |= self._show_progress(runs, set(pending.values()))
+                    if self.listener is not None:
+                        running = len(started & set(pending.values()))
+                        self.listener.in_flight(running, len(pending) - running)
+                    for ref in ready:
+                        i = pending.pop(ref)
+                        result = self._result(ref, runs[i][0])
+                        if result.status == "busy":
+                            busy[i] = result
+                            if self.listener is not None:
+                                self.listener.row(i, runs[i][0].label).on_wait(result)
+                        else:
+                            settle(i, result)
+                    if busy and time.monotonic() - last_look > BUSY_POLL_S:
+                        last_look = time.monotonic()
+                        for i, result in list(busy.items()):
+                            verdict = self._look_again(result)
+                            if verdict is not None:
+                                del busy[i]
+                                if verdict.status == "busy":  # the holder ended without a result: train it
+                                    pending[self._submit(runs, i)] = i
+                                else:
+                                    settle(i, verdict)
+        except KeyboardInterrupt:
+            self._cancel(list(pending))
+            raise
+        finally:
+            self._reap({config.task.name for config, _ in runs})
+        return [r for r in results if r is not None]
+
+    def _submit(self, runs: list[tuple[Any, dict[str, str]]], i: int) -> Any:
+        config, tags = runs[i]
+        threads = max(1, int(self.options.cpus_per_run))
+        return self._remote.remote(self.settings, threads, config, tags, self.queue, i)
+
+    def _result(self, ref: Any, config: Any) -> RunResult:
+        """A run's result; a run whose worker kept dying, or that raised past the runner (the
+        store failed under it), is a failed result: the sweep goes on."""
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:  # an exception the runner itself let through
+            cause = e.cause if isinstance(e.cause, BaseException) else e
+            return RunResult(config, "failed", reason=failure_reason(cause))
+        except ray.exceptions.RayError as e:  # the worker or its node died, more than RETRIES times
+            text = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            return RunResult(config, "failed", reason=f"its Ray worker was lost {RETRIES + 1} times: {text}")
+
+    def _show_progress(self, runs: list[tuple[Any, dict[str, str]]], waiting: set[int]) -> set[int]:
+        """Pass the workers' progress events on to the display; the runs they show started."""
+        if self.queue is None or self.listener is None:
+            return set()
+        try:
+            events = self.queue.get_nowait_batch(self.queue.qsize())
+        except Exception:  # noqa: BLE001 - the display's queue was lost with its node; runs go on
+            self.queue = None
+            return set()
+        seen = set()
+        for key, event, args in events:
+            if key in waiting:  # (an event of a run already settled is late: dropped)
+                seen.add(key)
+                getattr(self.listener.row(key, runs[key][0].label), event)(*args)
+        return seen
+
+    def _look_again(self, held: RunResult) -> RunResult | None:
+        """The run that holds a configuration, looked at again: its result once it finished
+        (cached here), a result marked "busy" if it ended without one (then it is trained
+        here), None while it is alive."""
+        run = self.tracker.client.get_run(held.run_id)
+        if run.info.status == "RUNNING" and run.info.lifecycle_stage != "deleted":
+            if not (self.tracker.abandoned(run) or self._node_gone(run)):
+                return None
+            self.tracker.mark_abandoned(run)
+        if run.info.status == "FINISHED" and run.info.lifecycle_stage != "deleted":
+            Runner.fill_cached(held, run)
+            return held
+        return RunResult(held.config, "busy")
+
+    def _node_gone(self, run: Any) -> bool:
+        """Whether the Ray node a run was trained on has died (the run then died with it)."""
+        import ray
+
+        node = run.data.tags.get(NODE_TAG)
+        return node is not None and node not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+    def _reap(self, task_names: set[str]) -> None:
+        """Runs of this sweep's tasks left RUNNING by a dead worker or node: marked FAILED."""
+        for task in task_names:
+            try:
+                self.tracker.reap(task, gone=self._node_gone)
+            except Exception as e:  # noqa: BLE001 - the next sweep on these tasks looks again
+                log.warning("abandoned runs of %s not looked for: %s", task, e)
+
+    def _cancel(self, refs: list[Any]) -> None:
+        """Cancel the runs not yet back: queued ones never start; running ones get SIGINT and
+        end KILLED at their next batch. Those that do not end in ``CANCEL_GRACE_S`` (or on a
+        second stop request) are killed with their worker, and reaped as abandoned."""
+        import ray
+
+        for ref in refs:
+            ray.cancel(ref)
+        try:
+            _, left = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S) if refs else ([], [])
+        except KeyboardInterrupt:
+            left = refs
+        for ref in left:
+            ray.cancel(ref, force=True)
