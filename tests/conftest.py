@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 
+# Ray (the --ray tests) binds every service to loopback with this, in this process and the
+# processes it starts; it is read when ray is first imported.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT / ".." / "shared" / "data"
 
