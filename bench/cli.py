@@ -276,7 +276,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     requests.install()  # Ctrl+C and SIGTERM: the runs under way end KILLED, the sweep stops (130, 143)
     t0 = time.perf_counter()
     keep = True if args.tuned and args.keep_model is None else args.keep_model  # tuned models are kept
-    settings = runner_settings(args, tracker, data_dir, keep)
+    settings = runner_settings(args, tracker, data_dir, keep, args.rerun)
     with SweepProgress(console, len(runs)) as progress, open_executor(settings, tracker, progress,
                                                                       ray_options(args)) as runner:
         outcomes = runner.sweep(runs, on_result=progress.finished)
@@ -297,13 +297,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def runner_settings(args: argparse.Namespace, tracker: Any, data_dir: Path, keep: bool | None) -> Any:
+def runner_settings(args: argparse.Namespace, tracker: Any, data_dir: Path, keep: bool | None, rerun: bool) -> Any:
     """What every run of a sweep is made with, wherever it runs."""
     from bench.executor import RunnerSettings, new_sweep_id
 
     return RunnerSettings(tracking_uri=tracker.uri, results_dir=str(results_dir(args.results).resolve()),
                           data_dir=str(data_dir.resolve()), sweep_id=args.sweep or new_sweep_id(),
-                          accelerator=args.accelerator, rerun=getattr(args, "rerun", False), keep_model=keep,
+                          accelerator=args.accelerator, rerun=rerun, keep_model=keep,
                           model_required=getattr(args, "keep_model", None) is True,
                           system_metrics_s=args.system_metrics)
 
@@ -359,9 +359,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     with console.status("Loading torch, Lightning, MLflow and Optuna…"):
         configs = resolve(request)
+        from bench.executor import TuneSettings, open_executor
         from bench.progress import TuneProgress
-        from bench.runner import Runner
-        from bench.tuning import StudyPlan, Tuner, redact, study_name
+        from bench.tuning import StudyPlan, redact, study_name
 
         tracker = open_tracker(args)
         url = storage_url(args)
@@ -379,17 +379,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     from bench.signals import requests
 
-    outcomes = []
-    with TuneProgress(console, args.trials) as progress:
-        runner = Runner(tracker, data_dir, sweep_id=args.sweep, listener=progress, accelerator=args.accelerator,
-                        rerun=True, system_metrics_s=args.system_metrics)
-        tuner = Tuner(runner, tracker, url, study_seed=args.study_seed, pruner=args.pruner,
-                      default_trial=not args.no_default_trial, listener=progress)
+    settings = runner_settings(args, tracker, data_dir, keep=None, rerun=True)  # (trials claim nothing)
+    tuning = TuneSettings(url, study_seed=args.study_seed, pruner=args.pruner, default_trial=not args.no_default_trial)
+    with TuneProgress(console, args.trials) as progress, open_executor(settings, tracker, progress,
+                                                                       ray_options(args)) as executor:
         # Ctrl+C, or a scheduler's SIGTERM: the training under way stops at its next batch (its
         # trial is queued again) and no other trial starts; a second one stops at once.
         requests.install(graceful=True)
-        for plan in plans:
-            outcomes.append(tuner.work(plan, args.trials, timeout))
+        outcomes = executor.tune(plans, args.trials, timeout, tuning)
     console.print(tune_table(outcomes, plans))
     console.print(f"Studies are in {redact(url)}; trials are runs in {tracker.uri}, under one parent run per study.")
     console.print("Run the same command again to continue a study (--trials is the total it should hold); "
@@ -493,7 +490,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     requests.install()
     total = sum(len(configs) for _, configs in planned)
     keep = True if args.keep_model is None else args.keep_model  # reference runs keep their models
-    settings = runner_settings(args, tracker, data_dir, keep)
+    settings = runner_settings(args, tracker, data_dir, keep, args.rerun)
     with SweepProgress(console, total) as progress, open_executor(settings, tracker, progress,
                                                                   ray_options(args)) as runner:
         outcomes = run_all(planned, runner, progress)

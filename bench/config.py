@@ -23,6 +23,7 @@ from bench.registry import unknown_message
 WINDOW_NORMS = ("none", "standard", "revin", "robust")  # bench.recipe implements them
 SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+STRATEGIES = ("auto", "ddp")  # auto: one process; ddp: one per device (bench.distributed)
 
 
 @dataclass
@@ -43,6 +44,10 @@ class TrainConfig:
     precision: str = "32"  # 32, bf16-mixed (CPU or GPU) or 16-mixed (GPU only)
     compile: bool = False  # torch.compile the model (README: on which models it pays)
     loader_workers: int = 0  # DataLoader worker processes; 0 builds batches in the training process
+    # One run over several processes: GPUs, or CPU processes on a CPU. Each takes batch_size
+    # samples a step (a step covers devices x batch_size); the split metrics are the same sums.
+    devices: int = 1
+    strategy: str = "auto"  # ddp whenever devices > 1
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
@@ -59,6 +64,14 @@ class TrainConfig:
             raise ValueError(f"precision='{self.precision}' is invalid: choose from {', '.join(PRECISIONS)}")
         if self.loader_workers < 0:
             raise ValueError(f"loader_workers={self.loader_workers} is invalid: it must be >= 0")
+        if self.devices < 1:
+            raise ValueError(f"train.devices={self.devices} is invalid: it must be >= 1")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"train.strategy='{self.strategy}' is invalid: choose from {', '.join(STRATEGIES)}")
+        if self.strategy == "ddp" and self.devices == 1:
+            raise ValueError("train.strategy=ddp needs train.devices >= 2 (one process per device)")
+        if self.strategy != "ddp" and self.devices > 1:
+            raise ValueError(f"train.devices={self.devices} needs train.strategy=ddp (auto runs one process)")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,16 @@ class RayOptions:
     gpus_per_run: float | None = None  # None: 1 on a cluster with GPUs, else 0
 
 
+@dataclass(frozen=True)
+class TuneSettings:
+    """How ``bench tune``'s workers work their studies (see ``bench.tuning.Tuner``)."""
+
+    storage_url: str
+    study_seed: int = 0
+    pruner: str = "median"
+    default_trial: bool = True
+
+
 class Executor(Protocol):
     sweep_id: str
 
@@ -61,17 +71,46 @@ class Executor(Protocol):
         """What the runs ran on, in words (the summary line, the reproduce report)."""
 
     def sweep(self, runs: list[tuple[Any, dict[str, str]]],
-              on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]: ...
+              on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
+        """Train and record every (configuration, tags); their results in the same order."""
+
+    def tune(self, plans: list[Any], n_trials: int, timeout_s: float | None, settings: TuneSettings) -> list[Any]:
+        """Work every study (``bench.tuning.StudyPlan``) until it holds ``n_trials`` trials;
+        a ``StudyOutcome`` per plan."""
+
+
+class LocalExecutor:
+    """Every run in this process, one after another (``bench.runner.Runner``)."""
+
+    def __init__(self, runner: Any, listener: Any = None) -> None:
+        self.runner, self.listener = runner, listener
+        self.sweep_id = runner.sweep_id
+
+    @property
+    def runs_on(self) -> str:
+        return self.runner.runs_on
+
+    def sweep(self, runs: list[tuple[Any, dict[str, str]]],
+              on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
+        return self.runner.sweep(runs, on_result)
+
+    def tune(self, plans: list[Any], n_trials: int, timeout_s: float | None, settings: TuneSettings) -> list[Any]:
+        from bench.tuning import Tuner
+
+        tuner = Tuner(self.runner, self.runner.tracker, settings.storage_url, study_seed=settings.study_seed,
+                      pruner=settings.pruner, default_trial=settings.default_trial, listener=self.listener)
+        return [tuner.work(plan, n_trials, timeout_s) for plan in plans]
 
 
 @contextmanager
 def open_executor(settings: RunnerSettings, tracker: Tracker, listener: Any = None,
                   ray: RayOptions | None = None) -> Iterator[Executor]:
-    """The local runner, or with ``ray`` a Ray executor (shut down on leaving)."""
+    """The local runner, or with ``ray`` a Ray executor (shut down on leaving). ``listener``:
+    the live display (``bench.progress.SweepProgress`` or ``TuneProgress``)."""
     if ray is None:
         from bench.runner import Runner
 
-        yield Runner.from_settings(settings, tracker, listener)
+        yield LocalExecutor(Runner.from_settings(settings, tracker, listener), listener)
         return
     if importlib.util.find_spec("ray") is None:  # (not imported here: a local instance sets Ray up first)
         from bench.errors import BenchError

@@ -3,7 +3,7 @@
 - Training throughput in steady state: wall time over the training steps (batch loading,
   forward, backward, optimizer step, the trainer's own work), the first
   ``meter_warmup_steps`` and every validation left out. Samples/s and real (unpadded)
-  time steps/s.
+  time steps/s, of the whole run: in a run over several processes, every process's samples.
 - Inference latency: the median wall time of a forward pass over one evaluation batch.
 - Peak memory: see ``bench.memory``.
 """
@@ -16,6 +16,8 @@ from typing import Any
 
 import lightning as L
 import torch
+
+from bench.distributed import summed
 
 
 def _sync(device: torch.device) -> None:
@@ -82,6 +84,11 @@ class Throughput(L.Callback):
         if self._paused_at is not None:
             self.after_validation_s += self._since(module, self._paused_at)
             self._paused_at = None
+        # The processes step together, so the clock of one is the run's, and its samples
+        # are all of theirs. (Every process ends training here, at the same step.)
+        counts = summed(torch.tensor([self.samples, float(self._tokens)], dtype=torch.float64,
+                                     device=module.device))
+        self.samples, self._tokens = int(counts[0]), float(counts[1])
 
     def metrics(self) -> dict[str, float]:
         out = {"time/validation_s": self.validation_s, "time/checkpoint_s": self.after_validation_s}

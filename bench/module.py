@@ -3,7 +3,9 @@
 It joins a backbone to the head that the task's output needs and owns only the
 training concerns: the recipe (per-window normalisation of forecasting inputs, parameter
 groups, the learning-rate schedule; see ``bench.recipe``), a finite-loss check, and exact
-split metrics from the task's additive statistics.
+split metrics from the task's additive statistics. In a run over several processes, each
+scores its share of a split and the statistics (and the running training loss) are summed
+over them, so that every process holds the whole run's figures (``bench.distributed``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from bench.distributed import summed, world_size
 from bench.recipe import WindowNorm, optimizer_and_schedule
 from tasks.registry import Batch, OutputSpec, Task
 
@@ -98,9 +101,10 @@ class SeqModule(L.LightningModule):
         return loss
 
     def read_loss(self, reset: bool) -> float:
-        """The mean training loss since the last reset; a non-finite one fails the run."""
+        """The mean training loss since the last reset (over every process's batches: they
+        all read it at the same steps); a non-finite one fails the run in every process."""
         if self._loss_n:
-            self.last_loss = float(self._loss_sum) / self._loss_n
+            self.last_loss = float(summed(self._loss_sum)) / (self._loss_n * world_size())
             if not math.isfinite(self.last_loss):
                 raise NonFiniteLossError(f"training loss became {self.last_loss} by step {self.global_step}")
         if reset:
@@ -116,7 +120,7 @@ class SeqModule(L.LightningModule):
             self.stats[k] = self.stats[k] + v.detach() if k in self.stats else v.detach()
 
     def _eval_end(self, stage: str) -> dict[str, float]:
-        self.last_stats[stage] = {k: v.cpu() for k, v in self.stats.items()}
+        self.last_stats[stage] = {k: summed(v).cpu() for k, v in self.stats.items()}
         metrics = self.task.finalize(self.last_stats[stage])
         self.stats = {}
         self.results[stage] = metrics

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from bench.errors import BenchError
-from bench.executor import RayOptions, RunnerSettings
+from bench.executor import RayOptions, RunnerSettings, TuneSettings
 from bench.runner import Listener, Runner, RunResult, failure_reason
 from bench.signals import requests
 from bench.tracking import Tracker, sqlite_path
@@ -83,25 +83,63 @@ class Relay:
     def on_wait(self, result: RunResult) -> None:
         pass
 
+    # bench.tuning.Tuner's listener
+    def study(self, name: str, counted: int) -> None:
+        self._send("study", name, counted)
 
-def run_on_worker(settings: RunnerSettings, threads: int, config: Any, tags: dict[str, str], queue: Any,
-                  key: int) -> RunResult:
-    """One run, on a Ray worker (this process's runner is made on its first run)."""
-    import ray
+    def trial_done(self, plan: Any, trial: Any, census: Any, best: Any) -> None:
+        self._send("trial_done", plan, trial, census, best)
+
+
+SWEEP_EVENTS = ("study", "trial_done")  # events for the display as a whole; the others are a run's row
+
+
+def warm_runner(settings: RunnerSettings, threads: int, graceful: bool = False) -> Runner:
+    """This worker process's runner, made on its first run and kept for the next ones (with its
+    data). ray.cancel reaches a running task as SIGINT: the run under way stops at its next
+    batch and is recorded KILLED (``graceful``, for tuning: no new trial starts either)."""
     import torch
 
     global _runner
+    requests.install(graceful=graceful, sigterm=False)
     if _runner is None or _runner[0] != settings:
-        # ray.cancel reaches a running task as SIGINT: the run stops at its next batch, KILLED
-        requests.install(sigterm=False)
         torch.set_num_threads(threads)
         _runner = (settings, Runner.from_settings(settings))
-    runner = _runner[1]
+    return _runner[1]
+
+
+def run_on_worker(settings: RunnerSettings, threads: int, config: Any, tags: dict[str, str], queue: Any,
+                  key: int) -> RunResult:
+    """One run, on a Ray worker."""
+    import ray
+
+    runner = warm_runner(settings, threads)
     runner.listener = Relay(queue, key) if queue is not None else None
     return runner.run(config, tags={**tags, NODE_TAG: ray.get_runtime_context().get_node_id()})
 
 
+def tune_on_worker(settings: RunnerSettings, threads: int, tuning: TuneSettings, plans: list[Any], n_trials: int,
+                   timeout_s: float | None, queue: Any, key: int) -> list[Any]:
+    """One tuning worker, on a Ray worker: every study in turn, trial after trial, beside the
+    other workers on the same studies (their shared storage hands out the trials)."""
+    from bench.tuning import Tuner
+
+    runner = warm_runner(settings, threads, graceful=True)
+    relay = Relay(queue, key) if queue is not None else None
+    runner.listener = relay
+    tuner = Tuner(runner, runner.tracker, tuning.storage_url, study_seed=tuning.study_seed, pruner=tuning.pruner,
+                  default_trial=tuning.default_trial, listener=relay)
+    return [tuner.work(plan, n_trials, timeout_s) for plan in plans]
+
+
 # -- on the driver ----------------------------------------------------------------------------
+
+def stop_if_requested() -> None:
+    """A Ctrl+C or SIGTERM that reached the driver stops the sweep (its runs are cancelled)."""
+    if requests.pending is not None:
+        requests.deliver()
+        raise KeyboardInterrupt
+
 
 class RayExecutor:
     def __init__(self, settings: RunnerSettings, tracker: Tracker, options: RayOptions,
@@ -180,11 +218,11 @@ class RayExecutor:
         try:
             with requests.polled():  # a stop request is acted upon below, between two looks
                 while pending or busy:
-                    requests.raise_pending()
+                    stop_if_requested()
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S) if pending else ([], [])
                     if not pending:
                         time.sleep(POLL_S)
-                    started |= self._show_progress(runs, set(pending.values()))
+                    started |= self._show_progress(lambda i: runs[i][0].label, set(pending.values()))
                     if self.listener is not None:
                         running = len(started & set(pending.values()))
                         self.listener.in_flight(running, len(pending) - running)
@@ -214,6 +252,53 @@ class RayExecutor:
             self._reap({config.task.name for config, _ in runs})
         return [r for r in results if r is not None]
 
+    def tune(self, plans: list[Any], n_trials: int, timeout_s: float | None, settings: TuneSettings) -> list[Any]:
+        """As many tuning workers as the cluster has slots (each ``--cpus-per-run`` and
+        ``--gpus-per-run``), each working every study; per study, the outcome of the worker that
+        finished it last, with the trials that every worker ran."""
+        import ray
+
+        slots = int(self.cpus // self.options.cpus_per_run)
+        if self.gpus_per_run:
+            slots = min(slots, int(self.gpus // self.gpus_per_run))
+        threads = max(1, int(self.options.cpus_per_run))
+        remote = ray.remote(tune_on_worker).options(num_cpus=self.options.cpus_per_run, num_gpus=self.gpus_per_run,
+                                                    max_retries=RETRIES, retry_exceptions=False)
+        pending = {remote.remote(self.settings, threads, settings, plans, n_trials, timeout_s, self.queue, w): w
+                   for w in range(max(1, slots))}
+        per_worker: list[list[Any]] = []
+        try:
+            with requests.polled():
+                while pending:
+                    stop_if_requested()
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                    self._show_progress(lambda w: f"tuning worker {w}", set(pending.values()))
+                    for ref in ready:
+                        w = pending.pop(ref)
+                        try:
+                            per_worker.append(ray.get(ref))
+                        except ray.exceptions.RayTaskError as e:
+                            if isinstance(e.cause, BenchError):  # e.g. a study that cannot be opened
+                                raise e.cause from None
+                            raise
+                        except ray.exceptions.RayError as e:  # its worker died more than RETRIES times
+                            log.warning("tuning worker %d was lost: %s", w, str(e).splitlines()[0][:300])
+        except KeyboardInterrupt:
+            self._cancel(list(pending))
+            raise
+        finally:
+            self._reap({plan.base.task.name for plan in plans})
+        if not per_worker:
+            raise BenchError("Every tuning worker was lost (their Ray nodes died); the studies keep the trials "
+                             "they finished: run the same command again to continue them")
+        outcomes = []
+        for j in range(len(plans)):
+            done = [w[j] for w in per_worker]
+            last = max(done, key=lambda o: (o.n_trials, o.wall_s))
+            last.ran_here = sum(o.ran_here for o in done)
+            outcomes.append(last)
+        return outcomes
+
     def _submit(self, runs: list[tuple[Any, dict[str, str]]], i: int) -> Any:
         config, tags = runs[i]
         threads = max(1, int(self.options.cpus_per_run))
@@ -233,8 +318,8 @@ class RayExecutor:
             text = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             return RunResult(config, "failed", reason=f"its Ray worker was lost {RETRIES + 1} times: {text}")
 
-    def _show_progress(self, runs: list[tuple[Any, dict[str, str]]], waiting: set[int]) -> set[int]:
-        """Pass the workers' progress events on to the display; the runs they show started."""
+    def _show_progress(self, label: Callable[[int], str], waiting: set[int]) -> set[int]:
+        """Pass the workers' progress events on to the display; the keys they came from."""
         if self.queue is None or self.listener is None:
             return set()
         try:
@@ -244,9 +329,11 @@ class RayExecutor:
             return set()
         seen = set()
         for key, event, args in events:
-            if key in waiting:  # (an event of a run already settled is late: dropped)
-                seen.add(key)
-                getattr(self.listener.row(key, runs[key][0].label), event)(*args)
+            if key not in waiting:  # (an event of a run already settled is late: dropped)
+                continue
+            seen.add(key)
+            target = self.listener if event in SWEEP_EVENTS else self.listener.row(key, label(key))
+            getattr(target, event)(*args)
         return seen
 
     def _look_again(self, held: RunResult) -> RunResult | None:

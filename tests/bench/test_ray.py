@@ -155,3 +155,24 @@ def test_a_node_killed_mid_sweep_has_its_run_retried_elsewhere(cluster: Any, tmp
     assert again.data.tags[NODE_TAG] != doomed.node_id  # retried on the head
     pids = Counter(r.data.tags[OWNER_TAG].split("/")[1] for r in finished if r.data.tags[NODE_TAG] != doomed.node_id)
     assert max(pids.values()) >= 2  # a warm worker process trained more than one run
+
+
+def test_tuning_on_ray_spreads_one_study_over_the_workers(cluster: Any, tmp_path: Path, data_dir: Path) -> None:
+    """bench tune --ray: a tuning worker per slot (two here), on one shared study; the study holds
+    exactly the trials asked for, trained by both workers, each trial one run in the store."""
+    import optuna
+
+    results = tmp_path / "results"
+    proc = bench_process(["tune", "--ray", cluster.address, "--models", "lstm", "--tasks", COPY, "--trials", "4",
+                          "--profile", "tiny", "--accelerator", "cpu", "--results", str(results),
+                          "--data-dir", str(data_dir)])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    runs = [r for r in read_runs(results) if r.data.tags.get("kind") == "trial"]
+    assert sorted(r.data.tags["trial"] for r in runs) == ["0", "1", "2", "3"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
