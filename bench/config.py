@@ -24,6 +24,9 @@ WINDOW_NORMS = ("none", "standard", "revin", "robust")  # bench.recipe implement
 SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp")  # auto: one process; ddp: one per device (bench.distributed)
+# A run in one process leaves these out of its configuration (its params and its hashes), as
+# every run did before they existed: the same configuration keeps its id and leaderboard row.
+ONE_PROCESS = {"devices": 1, "strategy": "auto"}
 
 
 @dataclass
@@ -223,7 +226,8 @@ class RunConfig:
         }
         for prefix, values in (("model", self.model_params), ("task", self.task_params),
                                ("train", self.train), ("budget", self.budget)):
-            out.update({f"{prefix}.{k}": v for k, v in values.items()})
+            out.update({f"{prefix}.{k}": v for k, v in values.items()
+                        if not (prefix == "train" and k in ONE_PROCESS and ONE_PROCESS[k] == v)})
         return out
 
     @property

@@ -97,6 +97,14 @@ class _Environment(ClusterEnvironment):
         return 0
 
 
+def check_devices(devices: int, device: torch.device) -> None:
+    """Refuse more processes than this machine has GPUs (on a GPU) or CPU cores (on a CPU)."""
+    have = torch.cuda.device_count() if device.type == "cuda" else os.cpu_count() or 1
+    if devices > have:
+        what = "GPUs" if device.type == "cuda" else "CPU cores"
+        raise ValueError(f"train.devices={devices} is more than this machine's {have} {what}")
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -117,9 +125,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _threads_per_rank(world: int) -> int | None:
+    """Each rank's share of the CPU cores (as Lightning's own launchers give), unless
+    OMP_NUM_THREADS says otherwise; None for one process."""
+    if world == 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, (os.cpu_count() or 1) // world)
+
+
 def _rank_main(target: Callable[..., None], shard: Shard, args: tuple[Any, ...], errors: Any) -> None:
     """A rank other than 0: run ``target(shard, *args)``; a failure goes to rank 0 as one line."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 handles Ctrl+C, and ends this process
+    threads = _threads_per_rank(shard.world)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         target(shard, *args)
     except BaseException as e:  # noqa: BLE001 - reported to rank 0, which records the run's failure
@@ -150,9 +169,12 @@ def processes(world: int, target: Callable[..., None], *args: Any) -> Iterator[S
     ranks = [context.Process(target=_rank_main, args=(target, Shard(r, world, port), args, errors),
                              name=f"seqbench-rank-{r}") for r in range(1, world)]
     saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")}
+    threads, ours = torch.get_num_threads(), _threads_per_rank(world)
     try:
         for p in ranks:
             p.start()
+        if ours is not None:
+            torch.set_num_threads(ours)
         try:
             yield Shard(0, world, port)
             for p in ranks:
@@ -173,6 +195,7 @@ def processes(world: int, target: Callable[..., None], *args: Any) -> Iterator[S
             p.join(10)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        torch.set_num_threads(threads)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

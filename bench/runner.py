@@ -38,6 +38,7 @@ import bench
 import models
 import tasks
 from bench.config import RunConfig
+from bench.distributed import Shard, check_devices, processes
 from bench.executor import RunnerSettings, new_sweep_id
 from bench.memory import PeakMemory
 from bench.meters import Throughput, inference_latency
@@ -455,17 +456,7 @@ class Runner:
     def loaders(self, config: RunConfig, splits: Splits) -> Loaders:
         """The run's data loaders. Evaluation loaders never shuffle and never drop the last,
         smaller batch; variable-length splits are batched by length (``tasks.batching``)."""
-        train = config.train
-        workers = train["loader_workers"]
-        speed = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": self.device.type == "cuda"}
-
-        # The order depends on the seed and the epoch alone, whatever loads the batches.
-        lengths = splits.train.lengths if isinstance(splits.train, PaddedSplit) else torch.ones(len(splits.train),
-                                                                                                 dtype=torch.long)
-        batches = BucketBatchSampler(lengths, train["batch_size"], config.seed)
-        return Loaders(DataLoader(splits.train, batch_sampler=batches, collate_fn=splits.train.collate, **speed),
-                       eval_loader(splits.val, train["eval_batch_size"], **speed),
-                       eval_loader(splits.test, train["eval_batch_size"], **speed))
+        return make_loaders(config, splits, self.device)
 
     def _incompatibility(self, config: RunConfig) -> str:
         """Why this model cannot be built for this data ('' if it can, or if the problem is
@@ -492,86 +483,40 @@ class Runner:
     ) -> Outcome:
         """Train ``config``'s model and score its best checkpoint. Each validation during
         training is written to run ``run_id`` as it happens (the live learning curve). With
-        ``keep_model``, the outcome holds the module with the checkpoint that was scored."""
-        budget, train = config.budget, config.train
+        ``keep_model``, the outcome holds the module with the checkpoint that was scored.
+
+        With ``train.devices`` > 1 this process is rank 0 of the run's processes
+        (``bench.distributed``): it alone writes, draws and measures; the others only train
+        and score their shares, and the metrics are the whole splits' and the whole job's."""
+        train = config.train
         L.seed_everything(config.seed, workers=True, verbose=False)
         task, splits = self.data(config)
 
         if train["precision"] == "16-mixed" and self.device.type != "cuda":
             raise ValueError("train.precision=16-mixed needs a GPU; on a CPU use bf16-mixed or 32")
-        loaders = self.loaders(config, splits)
-        train_loader, val_loader, test_loader = loaders.train, loaders.val, loaders.test
-        steps_per_epoch = len(train_loader)
-        total_steps = min(budget["max_steps"], budget["max_epochs"] * steps_per_epoch)
-        module = build_module(config, task, splits, total_steps)
-        net = module.backbone
-        if train["compile"] and any(p.requires_grad for p in net.parameters()):
-            module.backbone = torch.compile(net)
-        monitor = f"val/{task.primary_metric}"
+        check_devices(train["devices"], self.device)
+        writers = [_LiveCurve(self.tracker, run_id)] if run_id else []
+        with tempfile.TemporaryDirectory(prefix="seqbench-ckpt-") as ckpt_dir, \
+                processes(train["devices"], _other_rank, config, self.data_dir, self.accelerator, ckpt_dir,
+                          evaluate_test) as shard:
+            done = train_and_score(config, task, splits, self.device, self.accelerator, shard, ckpt_dir,
+                                   (*extra, *writers), evaluate_test, self.listener)
+        module, trainer = done.module, done.trainer
         mode = "max" if task.higher_is_better else "min"
-        throughput = Throughput(budget["meter_warmup_steps"], task.tokens)
-        early = EarlyStopping(monitor, mode=mode, patience=budget["patience"])
-        callbacks: list[L.Callback] = [throughput, early, *extra, _StopCheck()]
-        if run_id:
-            callbacks.append(_LiveCurve(self.tracker, run_id))
-        if self.listener is not None:
-            self.listener.on_start(config, total_steps)
-            callbacks.append(_Progress(self.listener))
-
-        with tempfile.TemporaryDirectory(prefix="seqbench-ckpt-") as ckpt_dir:
-            best = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode=mode, save_top_k=1,
-                                   save_weights_only=True)
-            trainer = L.Trainer(
-                accelerator=self.accelerator,
-                devices=1,
-                max_steps=budget["max_steps"],
-                max_epochs=budget["max_epochs"],
-                max_time={"seconds": budget["max_time_s"]},
-                val_check_interval=budget["val_every_steps"],  # counted in steps, across epochs
-                check_val_every_n_epoch=None,
-                gradient_clip_val=train["grad_clip"] or None,
-                precision=train["precision"],
-                callbacks=[*callbacks, best],
-                logger=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-                default_root_dir=ckpt_dir,
-            )
-            t_fit = time.perf_counter()
-            if hasattr(net, "fit_data"):  # count-based baselines
-                net.fit_data(train_loader)
-            trainable = any(p.requires_grad for p in module.parameters())
-            if trainable:
-                lightning_call(trainer, trainer.fit, module, train_loader, val_loader)
-            train_s = time.perf_counter() - t_fit
-            if self.listener is not None:
-                self.listener.on_evaluate()
-            # Both splits are scored with the best checkpoint (by the primary validation
-            # metric); if no validation ever ran (time ran out first), with the last weights.
-            ckpt = best.best_model_path or None
-            t_eval = time.perf_counter()
-            chosen = _validation_of(module.history, ckpt)
-            if chosen is None:
-                lightning_call(trainer, trainer.validate, module, val_loader, ckpt_path=ckpt, verbose=False)
-            else:  # the validation that chose the checkpoint: the same weights, batches and metrics
-                module.results["val"] = chosen
-            if evaluate_test:
-                lightning_call(trainer, trainer.test, module, test_loader, ckpt_path=ckpt, verbose=False)
-            eval_s = time.perf_counter() - t_eval
 
         metrics: dict[str, float] = {f"val/{k}": v for k, v in module.results["val"].items()}
         metrics.update({f"test/{k}": v for k, v in module.results.get("test", {}).items()})
-        metrics.update(throughput.metrics())
-        typical = middle_batch(test_loader if evaluate_test else val_loader)
+        metrics.update(done.throughput.metrics())
+        whole = make_loaders(config, splits, self.device)  # latency on the batches one process would see
+        typical = middle_batch(whole.test if evaluate_test else whole.val)
         metrics.update(inference_latency(module, typical, self.device, precision=train["precision"]))
         metrics.update({
             "model/params": sum(p.numel() for p in module.parameters()),
             "train/steps": trainer.global_step,
-            "train/epochs": trainer.global_step / max(steps_per_epoch, 1),
+            "train/epochs": trainer.global_step / max(done.steps_per_epoch, 1),
             "train/best_step": _best_step(module.history, CURVE + task.primary_metric, mode),
-            "time/train_s": train_s,  # includes the validations and checkpoints during training
-            "time/eval_s": eval_s,  # scoring the best checkpoint: the test split (validation only if not on record)
+            "time/train_s": done.train_s,  # includes the validations and checkpoints during training
+            "time/eval_s": done.eval_s,  # the best checkpoint scored: the test split (validation if not on record)
         })
         module.eval()
 
@@ -580,9 +525,132 @@ class Runner:
                 return module(batch["x"].to(self.device), batch["mask"].to(self.device)).cpu()
 
         figures = task.figures(predict, splits, module.last_stats["test"]) if evaluate_test else {}
-        stop = stop_reason(trainer, early, extra, budget, train_s, trainable)
+        stop = stop_reason(trainer, done.early, extra, config.budget, done.train_s, done.trainable)
         kept = module if keep_model and evaluate_test else None  # after test: the scored weights
         return Outcome(metrics, module.history, stop, task.references(), figures, kept)
+
+
+def make_loaders(config: RunConfig, splits: Splits, device: torch.device, shard: Shard | None = None) -> Loaders:
+    """The run's data loaders (of one rank's share, with ``shard``; ``tasks.batching``)."""
+    shard = shard or Shard()
+    train = config.train
+    workers = train["loader_workers"]
+    speed = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": device.type == "cuda"}
+
+    # The order depends on the seed and the epoch alone, whatever loads the batches.
+    lengths = splits.train.lengths if isinstance(splits.train, PaddedSplit) else torch.ones(len(splits.train),
+                                                                                             dtype=torch.long)
+    batches = BucketBatchSampler(lengths, train["batch_size"], config.seed, rank=shard.rank, world=shard.world)
+    return Loaders(DataLoader(splits.train, batch_sampler=batches, collate_fn=splits.train.collate, **speed),
+                   eval_loader(splits.val, train["eval_batch_size"], shard.rank, shard.world, **speed),
+                   eval_loader(splits.test, train["eval_batch_size"], shard.rank, shard.world, **speed))
+
+
+@dataclass
+class Trained:
+    """What training and scoring produced in one process (of a run's ranks: the same
+    metrics, history and step count in each)."""
+
+    module: SeqModule  # holding the scored checkpoint's weights
+    trainer: L.Trainer
+    early: EarlyStopping
+    throughput: Throughput
+    steps_per_epoch: int  # of this process's share
+    trainable: bool
+    train_s: float
+    eval_s: float
+
+
+def train_and_score(
+    config: RunConfig, task: Task, splits: Splits, device: torch.device, accelerator: str, shard: Shard,
+    ckpt_dir: str, extra: tuple[L.Callback, ...] = (), evaluate_test: bool = True, listener: Listener | None = None,
+) -> Trained:
+    """Train on this process's share of the batches, then score the best checkpoint (by the
+    primary validation metric; the last weights if no validation ran). Every rank of a run
+    calls it alike, seeded alike, with the same ``ckpt_dir`` (rank 0 writes the checkpoint,
+    all read it); only rank 0 passes the callbacks that write or draw (``extra``, ``listener``)."""
+    budget, train = config.budget, config.train
+    loaders = make_loaders(config, splits, device, shard)
+    train_loader, val_loader, test_loader = loaders.train, loaders.val, loaders.test
+    steps_per_epoch = len(train_loader)
+    total_steps = min(budget["max_steps"], budget["max_epochs"] * steps_per_epoch)
+    module = build_module(config, task, splits, total_steps)
+    net = module.backbone
+    if train["compile"] and any(p.requires_grad for p in net.parameters()):
+        module.backbone = torch.compile(net)
+    monitor = f"val/{task.primary_metric}"
+    mode = "max" if task.higher_is_better else "min"
+    throughput = Throughput(budget["meter_warmup_steps"], task.tokens)
+    early = EarlyStopping(monitor, mode=mode, patience=budget["patience"])
+    callbacks: list[L.Callback] = [throughput, early, *extra, _StopCheck()]
+    if listener is not None:
+        listener.on_start(config, total_steps)
+        callbacks.append(_Progress(listener))
+    if shard.world > 1:
+        callbacks.append(_StopTogether())
+
+    best = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True)
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=shard.world,
+        strategy=shard.strategy(),
+        use_distributed_sampler=False,  # the loaders are sharded already, evaluation without padding
+        max_steps=budget["max_steps"],
+        max_epochs=budget["max_epochs"],
+        max_time={"seconds": budget["max_time_s"]},
+        val_check_interval=budget["val_every_steps"],  # counted in steps, across epochs
+        check_val_every_n_epoch=None,
+        gradient_clip_val=train["grad_clip"] or None,
+        precision=train["precision"],
+        callbacks=[*callbacks, best],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=ckpt_dir,
+    )
+    t_fit = time.perf_counter()
+    if hasattr(net, "fit_data"):  # count-based baselines, on the whole training split in every rank
+        net.fit_data(train_loader if shard.world == 1 else make_loaders(config, splits, device).train)
+    trainable = any(p.requires_grad for p in module.parameters())
+    if trainable:
+        lightning_call(trainer, trainer.fit, module, train_loader, val_loader)
+    train_s = time.perf_counter() - t_fit
+    if listener is not None:
+        listener.on_evaluate()
+    ckpt = best.best_model_path or None
+    t_eval = time.perf_counter()
+    chosen = _validation_of(module.history, ckpt)  # (the same in every rank: the metrics are summed)
+    if chosen is None:
+        lightning_call(trainer, trainer.validate, module, val_loader, ckpt_path=ckpt, verbose=False)
+    else:  # the validation that chose the checkpoint: the same weights, batches and metrics
+        module.results["val"] = chosen
+    if evaluate_test:
+        lightning_call(trainer, trainer.test, module, test_loader, ckpt_path=ckpt, verbose=False)
+    eval_s = time.perf_counter() - t_eval
+    return Trained(module, trainer, early, throughput, steps_per_epoch, trainable, train_s, eval_s)
+
+
+def _other_rank(shard: Shard, config: RunConfig, data_dir: Path, accelerator: str, ckpt_dir: str,
+                evaluate_test: bool) -> None:
+    """A rank other than 0 (in its own process): the same data and module, its share of the
+    batches; it writes nothing (``bench.distributed.processes`` starts it)."""
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    task_cls = tasks.get_task(config.task.name)
+    task = task_cls(task_cls.make_params(**config.task_params), data_dir, config.seed)
+    splits = task.setup()
+    use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    device = torch.device("cuda", shard.rank) if use_cuda else torch.device("cpu")
+    train_and_score(config, task, splits, device, accelerator, shard, ckpt_dir, evaluate_test=evaluate_test)
+
+
+class _StopTogether(L.Callback):
+    """Training ends in every rank when one decides it (tuning's pruner, which only rank 0
+    has): the ranks step together, and one that went on alone would wait for the others."""
+
+    def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
+        if trainer.state.fn == "fit":
+            trainer.should_stop = trainer.strategy.reduce_boolean_decision(trainer.should_stop, all=False)
 
 
 class StoppingCallback(L.Callback):
