@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -40,6 +41,7 @@ NODE_TAG = "seqbench.ray_node"  # the Ray node a run was trained on
 POLL_S = 0.2  # the driver's beat: results, progress, a stop request
 BUSY_POLL_S = 5.0  # how often a run held by another sweep is looked at
 CANCEL_GRACE_S = 60.0  # after a stop request, how long cancelled runs get to record themselves KILLED
+CONNECT_TIMEOUT_S = 10.0  # a cluster address that does not answer in this long is an error
 
 
 class Rows(Protocol):
@@ -134,6 +136,19 @@ def tune_on_worker(settings: RunnerSettings, threads: int, tuning: TuneSettings,
 
 # -- on the driver ----------------------------------------------------------------------------
 
+def reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """A cluster address (HOST:PORT, its head's GCS) must answer: Ray itself would wait for it
+    for minutes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", ray://...: Ray resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise BenchError(f"Cannot reach the Ray cluster at {address} ({e.strerror or e}): start it with "
+                         "`ray start --head` there, or leave out the address to run on this machine") from None
+
+
 def stop_if_requested() -> None:
     """A Ctrl+C or SIGTERM that reached the driver stops the sweep (its runs are cancelled)."""
     if requests.pending is not None:
@@ -147,6 +162,8 @@ class RayExecutor:
         if options.address is None:
             # A local instance needs no network: Ray then binds every service to loopback.
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        else:
+            reachable(options.address)
         import ray
 
         self.settings, self.tracker, self.options, self.listener = settings, tracker, options, listener

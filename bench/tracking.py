@@ -21,8 +21,11 @@ import json
 import logging
 import os
 import platform
+import re
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +55,9 @@ HEARTBEAT_S = float(os.environ.get("SEQBENCH_RUN_HEARTBEAT_S") or 15)
 STALE_AFTER_S = float(os.environ.get("SEQBENCH_STALE_AFTER_S") or 8 * HEARTBEAT_S)
 ABANDONED = "abandoned: no heartbeat"
 OPEN_ATTEMPTS = 4  # a store that does not answer is tried this many times, then named in an error
+PROBE_TIMEOUT_S = 5.0  # an MLflow server's /health that does not answer in this long did not answer
+DATASET_ATTEMPTS = 4
+DUPLICATE_KEY = re.compile(r"UniqueViolation|duplicate key|UNIQUE constraint failed|IntegrityError", re.I)
 
 
 def _start_ticks(pid: int) -> str:
@@ -145,6 +151,7 @@ class Tracker:
         path = sqlite_path(self.uri)
         for attempt in range(1, OPEN_ATTEMPTS + 1):
             try:
+                self._probe_server()
                 self.client.search_experiments(max_results=1)
                 return self
             except BenchError:
@@ -164,6 +171,19 @@ class Tracker:
                             attempt, OPEN_ATTEMPTS)
                 time.sleep(2 * attempt)
         return self
+
+    def _probe_server(self) -> None:
+        """An MLflow server must answer its health check at once: MLflow's client would retry a
+        server that does not (7 times, with backoff, for each request) for many minutes."""
+        if not self.uri.startswith(("http:", "https:")):
+            return
+        try:
+            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
+                pass
+        except urllib.error.HTTPError as e:
+            raise ConnectionError(f"its health check answered HTTP {e.code}") from None
+        except (OSError, ValueError) as e:
+            raise ConnectionError(str(getattr(e, "reason", None) or e)) from None
 
     def experiments(self) -> list[Any]:
         """Every seqbench experiment in the store."""
@@ -245,7 +265,16 @@ class Tracker:
         inputs = [DatasetInput(Dataset(r.name, r.digest, r.source_type, json.dumps(r.source, sort_keys=True),
                                        profile=json.dumps(r.profile, sort_keys=True)),
                                tags=[InputTag("mlflow.data.context", r.context)]) for r in records]
-        self.client.log_inputs(run_id, datasets=inputs)
+        for attempt in range(1, DATASET_ATTEMPTS + 1):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except MlflowException as e:
+                # Runs that start together on one dataset: MLflow's SQL store looks for it, then
+                # inserts it, and the later insert of the two fails on the key. It exists now.
+                if attempt == DATASET_ATTEMPTS or not DUPLICATE_KEY.search(str(e)):
+                    raise
+                time.sleep(0.2 * attempt)
 
     def log_figure(self, run_id: str, figure: Any, name: str) -> None:
         self.client.log_figure(run_id, figure, name)
