@@ -171,8 +171,11 @@ class RayExecutor:
         self.owned = not ray.is_initialized()  # shut down on close what this executor started
         if self.owned:
             try:
+                # A task that Ray's memory monitor kills is retried without end by default; here
+                # like one whose node died (a cluster's own settings are its operator's).
+                local = {"_system_config": {"task_oom_retries": RETRIES}} if options.address is None else {}
                 ray.init(address=options.address or "local", include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, logging_level=logging.WARNING)
+                         configure_logging=False, logging_level=logging.WARNING, **local)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 text = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
                 raise BenchError(f"Cannot reach the Ray cluster at {options.address}: {text}; start it with "
