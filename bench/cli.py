@@ -273,12 +273,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         tracker = open_tracker(args)
         uri = tracker.uri
 
-    requests.install()  # Ctrl+C and SIGTERM: the runs under way end KILLED, the sweep stops (130, 143)
     t0 = time.perf_counter()
     keep = True if args.tuned and args.keep_model is None else args.keep_model  # tuned models are kept
     settings = runner_settings(args, tracker, data_dir, keep, args.rerun)
     with SweepProgress(console, len(runs)) as progress, open_executor(settings, tracker, progress,
                                                                       ray_options(args)) as runner:
+        # Ctrl+C and SIGTERM: the runs under way end KILLED, the sweep stops (130, 143). (Installed
+        # once the executor is open: ray.init puts in a SIGTERM handler of its own.)
+        requests.install()
         outcomes = runner.sweep(runs, on_result=progress.finished)
     elapsed = time.perf_counter() - t0
     for table in task_tables(outcomes):
@@ -487,12 +489,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         from bench.signals import requests
 
         tracker = open_tracker(args)
-    requests.install()
     total = sum(len(configs) for _, configs in planned)
     keep = True if args.keep_model is None else args.keep_model  # reference runs keep their models
     settings = runner_settings(args, tracker, data_dir, keep, args.rerun)
     with SweepProgress(console, total) as progress, open_executor(settings, tracker, progress,
                                                                   ray_options(args)) as runner:
+        requests.install()  # (after ray.init, as in bench run)
         outcomes = run_all(planned, runner, progress)
     console.print(table(outcomes))
     out = results_dir(args.results) / "reports"

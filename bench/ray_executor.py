@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -32,12 +33,13 @@ from bench.errors import BenchError
 from bench.executor import RayOptions, RunnerSettings, TuneSettings
 from bench.runner import Listener, Runner, RunResult, failure_reason
 from bench.signals import requests
-from bench.tracking import Tracker, sqlite_path
+from bench.tracking import OWNER_TAG, Tracker, owner_alive, sqlite_path
 
 log = logging.getLogger(__name__)
 
 RETRIES = 3  # a run whose worker or node died is started again this many times, on any node
 NODE_TAG = "seqbench.ray_node"  # the Ray node a run was trained on
+TASK_TAG = "seqbench.ray_task"  # the Ray task that trained it (the same id in each of its attempts)
 POLL_S = 0.2  # the driver's beat: results, progress, a stop request
 BUSY_POLL_S = 5.0  # how often a run held by another sweep is looked at
 CANCEL_GRACE_S = 60.0  # after a stop request, how long cancelled runs get to record themselves KILLED
@@ -112,21 +114,33 @@ def warm_runner(settings: RunnerSettings, threads: int, graceful: bool = False) 
 
 def run_on_worker(settings: RunnerSettings, threads: int, config: Any, tags: dict[str, str], queue: Any,
                   key: int) -> RunResult:
-    """One run, on a Ray worker."""
+    """One run, on a Ray worker. Ray starts a task again only once its attempt died: a run an
+    earlier attempt of this task left RUNNING is marked abandoned at once, wherever it ran (its
+    heartbeat may look fresh for minutes yet), so that it does not hold the claim."""
     import ray
 
     runner = warm_runner(settings, threads)
     runner.listener = Relay(queue, key) if queue is not None else None
-    return runner.run(config, tags={**tags, NODE_TAG: ray.get_runtime_context().get_node_id()})
+    context = ray.get_runtime_context()
+    task_id = context.get_task_id()
+    for earlier in runner.tracker.search(config.task.name, f"tags.`{TASK_TAG}` = '{task_id}' and "
+                                                          "attributes.status = 'RUNNING'"):
+        runner.tracker.mark_abandoned(earlier)
+    runner.extra_tags = {NODE_TAG: context.get_node_id(), TASK_TAG: task_id}
+    return runner.run(config, tags=tags)
 
 
 def tune_on_worker(settings: RunnerSettings, threads: int, tuning: TuneSettings, plans: list[Any], n_trials: int,
                    timeout_s: float | None, queue: Any, key: int) -> list[Any]:
     """One tuning worker, on a Ray worker: every study in turn, trial after trial, beside the
     other workers on the same studies (their shared storage hands out the trials)."""
+    import ray
+
     from bench.tuning import Tuner
 
     runner = warm_runner(settings, threads, graceful=True)
+    context = ray.get_runtime_context()
+    runner.extra_tags = {NODE_TAG: context.get_node_id(), TASK_TAG: context.get_task_id()}
     relay = Relay(queue, key) if queue is not None else None
     runner.listener = relay
     tuner = Tuner(runner, runner.tracker, tuning.storage_url, study_seed=tuning.study_seed, pruner=tuning.pruner,
@@ -140,7 +154,7 @@ def reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """A cluster address (HOST:PORT, its head's GCS) must answer: Ray itself would wait for it
     for minutes."""
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if "://" in address or not host or not port.isdigit():
         return  # "auto", ray://...: Ray resolves those itself
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
@@ -192,9 +206,17 @@ class RayExecutor:
             log.warning("The run store %s is a file on this machine: workers on other machines cannot reach it. "
                         "Give every worker one store with --tracking-uri (an MLflow server, or PostgreSQL).",
                         tracker.uri)
-        self._remote = ray.remote(run_on_worker).options(
-            num_cpus=options.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=RETRIES, retry_exceptions=False)
+        self._remote = ray.remote(run_on_worker).options(**self._resources())
         self.queue = self._relay_queue() if listener is not None else None
+        self.task_ids: set[str] = set()  # of every task this executor submitted
+
+    def _resources(self) -> dict[str, Any]:
+        """Each run's Ray options. A process keeps the GPU that it first initialised CUDA on,
+        while Ray may give its next task another: a run on a GPU takes a fresh worker (it pays
+        the imports, about 15 s here); runs on CPUs keep their worker warm."""
+        options = {"num_cpus": self.options.cpus_per_run, "num_gpus": self.gpus_per_run,
+                   "max_retries": RETRIES, "retry_exceptions": False}
+        return {**options, "max_calls": 1} if self.gpus_per_run else options
 
     @property
     def runs_on(self) -> str:
@@ -225,6 +247,7 @@ class RayExecutor:
         results: list[RunResult | None] = [None] * len(runs)
         pending: dict[Any, int] = {self._submit(runs, i): i for i in range(len(runs))}
         busy: dict[int, RunResult] = {}
+        resubmitted = Counter[int]()
         started: set[int] = set()
         last_look = time.monotonic()
 
@@ -259,13 +282,18 @@ class RayExecutor:
                         last_look = time.monotonic()
                         for i, result in list(busy.items()):
                             verdict = self._look_again(result)
-                            if verdict is not None:
-                                del busy[i]
-                                if verdict.status == "busy":  # the holder ended without a result: train it
-                                    pending[self._submit(runs, i)] = i
-                                else:
-                                    settle(i, verdict)
-        except KeyboardInterrupt:
+                            if verdict is None:
+                                continue
+                            del busy[i]
+                            if verdict.status != "busy":
+                                settle(i, verdict)
+                            elif resubmitted[i] < RETRIES:  # the holder ended without a result: train it
+                                resubmitted[i] += 1
+                                pending[self._submit(runs, i)] = i
+                            else:
+                                settle(i, RunResult(runs[i][0], "failed", reason=f"its run ended without a result "
+                                                    f"{RETRIES + 1} times (held by other sweeps)"))
+        except BaseException:  # Ctrl+C, SIGTERM, or the driver's own failure: no run is left behind
             self._cancel(list(pending))
             raise
         finally:
@@ -282,10 +310,10 @@ class RayExecutor:
         if self.gpus_per_run:
             slots = min(slots, int(self.gpus // self.gpus_per_run))
         threads = max(1, int(self.options.cpus_per_run))
-        remote = ray.remote(tune_on_worker).options(num_cpus=self.options.cpus_per_run, num_gpus=self.gpus_per_run,
-                                                    max_retries=RETRIES, retry_exceptions=False)
+        remote = ray.remote(tune_on_worker).options(**self._resources())
         pending = {remote.remote(self.settings, threads, settings, plans, n_trials, timeout_s, self.queue, w): w
                    for w in range(max(1, slots))}
+        self.task_ids |= {ref.task_id().hex() for ref in pending}
         per_worker: list[list[Any]] = []
         try:
             with requests.polled():
@@ -303,7 +331,7 @@ class RayExecutor:
                             raise
                         except ray.exceptions.RayError as e:  # its worker died more than RETRIES times
                             log.warning("tuning worker %d was lost: %s", w, str(e).splitlines()[0][:300])
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl+C, SIGTERM, a study that cannot be opened: no trial is left behind
             self._cancel(list(pending))
             raise
         finally:
@@ -322,7 +350,9 @@ class RayExecutor:
     def _submit(self, runs: list[tuple[Any, dict[str, str]]], i: int) -> Any:
         config, tags = runs[i]
         threads = max(1, int(self.options.cpus_per_run))
-        return self._remote.remote(self.settings, threads, config, tags, self.queue, i)
+        ref = self._remote.remote(self.settings, threads, config, tags, self.queue, i)
+        self.task_ids.add(ref.task_id().hex())  # (its runs carry it: TASK_TAG)
+        return ref
 
     def _result(self, ref: Any, config: Any) -> RunResult:
         """A run's result; a run whose worker kept dying, or that raised past the runner (the
@@ -371,16 +401,25 @@ class RayExecutor:
         return RunResult(held.config, "busy")
 
     def _node_gone(self, run: Any) -> bool:
-        """Whether the Ray node a run was trained on has died (the run then died with it)."""
+        """Whether a run's process died with its Ray node: a node that this cluster lists as
+        dead (a run of another cluster, whose nodes this one does not know, is judged by its
+        heartbeat; a run on this machine, by its process)."""
         import ray
 
+        if owner_alive(run.data.tags.get(OWNER_TAG, "")) is not None:
+            return False  # Tracker.abandoned has seen the process itself
         node = run.data.tags.get(NODE_TAG)
-        return node is not None and node not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        return node is not None and node in {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
 
     def _reap(self, task_names: set[str]) -> None:
-        """Runs of this sweep's tasks left RUNNING by a dead worker or node: marked FAILED."""
+        """Runs left RUNNING by a dead worker or node: marked FAILED. Every task of this sweep is
+        over by now (it returned, failed for good, or was cancelled and killed): a run one of
+        them left RUNNING lost its worker, whatever its heartbeat says."""
         for task in task_names:
             try:
+                for run in self.tracker.search(task, "attributes.status = 'RUNNING'"):
+                    if run.data.tags.get(TASK_TAG) in self.task_ids:
+                        self.tracker.mark_abandoned(run)
                 self.tracker.reap(task, gone=self._node_gone)
             except Exception as e:  # noqa: BLE001 - the next sweep on these tasks looks again
                 log.warning("abandoned runs of %s not looked for: %s", task, e)
@@ -393,9 +432,11 @@ class RayExecutor:
 
         for ref in refs:
             ray.cancel(ref)
+        left, deadline = refs, time.monotonic() + CANCEL_GRACE_S
         try:
-            _, left = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S) if refs else ([], [])
+            while left and time.monotonic() < deadline and requests.pending is None:
+                _, left = ray.wait(left, num_returns=len(left), timeout=POLL_S)
         except KeyboardInterrupt:
-            left = refs
+            pass
         for ref in left:
             ray.cancel(ref, force=True)

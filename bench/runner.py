@@ -215,6 +215,7 @@ class Runner:
         self._data: OrderedDict[str, tuple[Task, Splits]] = OrderedDict()
         self._records: dict[str, list[Any]] = {}  # the dataset records of the data kept in _data, by its key
         self._reaped: set[str] = set()  # tasks whose abandoned runs were looked for
+        self.extra_tags: dict[str, str] = {}  # on every run from now on (a Ray worker: its node and task)
 
     @classmethod
     def from_settings(cls, s: RunnerSettings, tracker: Tracker | None = None,
@@ -302,6 +303,7 @@ class Runner:
             "code_version": code,
             "device_kind": self.device_kind,
             "kind": kind,
+            **self.extra_tags,
             **(tags or {}),
         }
         with self.tracker.claim_lock() if claims else contextlib.nullcontext(), requests.polled():

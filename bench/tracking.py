@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import re
+import socket
 import threading
 import time
 import urllib.error
@@ -180,10 +181,13 @@ class Tracker:
         try:
             with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
                 pass
-        except urllib.error.HTTPError as e:
-            raise ConnectionError(f"its health check answered HTTP {e.code}") from None
+        except urllib.error.HTTPError:
+            return  # it answers (behind a proxy or an authentication MLflow's client knows how to pass)
         except (OSError, ValueError) as e:
-            raise ConnectionError(str(getattr(e, "reason", None) or e)) from None
+            reason = getattr(e, "reason", None) or e
+            if isinstance(reason, ConnectionError | TimeoutError | socket.gaierror):
+                raise ConnectionError(str(reason)) from None
+            # anything else (a certificate MLflow's own settings trust, ...): MLflow's client decides
 
     def experiments(self) -> list[Any]:
         """Every seqbench experiment in the store."""
