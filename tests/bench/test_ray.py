@@ -1,7 +1,8 @@
 """Sweeps on Ray (``bench run --ray``), on Ray's own multi-node test cluster on loopback (a head
 and a second node, one CPU each): two sweeps started at once train each pair once; Ctrl+C
-cancels what is queued and records the runs under way KILLED; a node killed mid-sweep has its
-run retried elsewhere, leaving exactly one FINISHED run per configuration and no orphan.
+cancels what is queued and records the runs under way KILLED; tuning runs a worker per slot on
+one study; a node killed mid-sweep (the last test: the cluster keeps one node) has its run
+retried elsewhere, leaving exactly one FINISHED run per configuration and no orphan.
 
 Every Ray service binds to 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, set for the
 whole test session in tests/conftest.py)."""
@@ -120,6 +121,33 @@ def test_ctrl_c_cancels_the_sweep_and_records_the_runs_under_way_killed(cluster:
         [("KILLED", "interrupted by the user (Ctrl+C)")] * 2, out
 
 
+def test_tuning_on_ray_spreads_one_study_over_the_workers(cluster: Any, tmp_path: Path, data_dir: Path) -> None:
+    """bench tune --ray: a tuning worker per slot (two here), both on one shared study (each
+    summarises its work in the study's parent run); the study holds exactly the trials asked
+    for, each trial one run in the store. (Which worker takes how many trials is a race: the
+    first to start may take them all.)"""
+    import optuna
+
+    results = tmp_path / "results"
+    proc = bench_process(["tune", "--ray", cluster.address, "--models", "lstm", "--tasks", COPY, "--trials", "4",
+                          "--profile", "tiny", "--accelerator", "cpu", "--results", str(results),
+                          "--data-dir", str(data_dir)])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    runs = read_runs(results)
+    trial_runs = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert sorted(r.data.tags["trial"] for r in trial_runs) == ["0", "1", "2", "3"]
+    assert {r.info.status for r in trial_runs} == {"FINISHED"}
+    (study,) = [r for r in runs if r.data.tags.get("kind") == "study"]
+    client = Tracker(uri_of(results), results).client
+    assert len(client.get_metric_history(study.info.run_id, "time/study_worker_s")) == 2  # both workers'
+    assert all(r.data.tags.get(TASK_TAG) and r.data.tags.get(NODE_TAG) for r in trial_runs)  # from Ray workers
+
+
 def test_a_node_killed_mid_sweep_has_its_run_retried_elsewhere(cluster: Any, tmp_path: Path, data_dir: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """The second node dies while it trains a run: Ray starts that run again on the head, which
@@ -156,29 +184,3 @@ def test_a_node_killed_mid_sweep_has_its_run_retried_elsewhere(cluster: Any, tmp
     pids = Counter(r.data.tags[OWNER_TAG].split("/")[1] for r in finished if r.data.tags[NODE_TAG] != doomed.node_id)
     assert max(pids.values()) >= 2  # a warm worker process trained more than one run
 
-
-def test_tuning_on_ray_spreads_one_study_over_the_workers(cluster: Any, tmp_path: Path, data_dir: Path) -> None:
-    """bench tune --ray: a tuning worker per slot (two here), both on one shared study (each
-    summarises its work in the study's parent run); the study holds exactly the trials asked
-    for, each trial one run in the store. (Which worker takes how many trials is a race: the
-    first to start may take them all.)"""
-    import optuna
-
-    results = tmp_path / "results"
-    proc = bench_process(["tune", "--ray", cluster.address, "--models", "lstm", "--tasks", COPY, "--trials", "4",
-                          "--profile", "tiny", "--accelerator", "cpu", "--results", str(results),
-                          "--data-dir", str(data_dir)])
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out
-    storage = f"sqlite:///{results / 'optuna.db'}"
-    (name,) = optuna.get_all_study_names(storage)
-    trials = optuna.load_study(study_name=name, storage=storage).trials
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
-    runs = read_runs(results)
-    trial_runs = [r for r in runs if r.data.tags.get("kind") == "trial"]
-    assert sorted(r.data.tags["trial"] for r in trial_runs) == ["0", "1", "2", "3"]
-    assert {r.info.status for r in trial_runs} == {"FINISHED"}
-    (study,) = [r for r in runs if r.data.tags.get("kind") == "study"]
-    client = Tracker(uri_of(results), results).client
-    assert len(client.get_metric_history(study.info.run_id, "time/study_worker_s")) == 2  # both workers'
-    assert all(r.data.tags.get(TASK_TAG) and r.data.tags.get(NODE_TAG) for r in trial_runs)  # from Ray workers
