@@ -293,8 +293,8 @@ class RayExecutor:
                             else:
                                 settle(i, RunResult(runs[i][0], "failed", reason=f"its run ended without a result "
                                                     f"{RETRIES + 1} times (held by other sweeps)"))
-        except BaseException:  # Ctrl+C, SIGTERM, or the driver's own failure: no run is left behind
-            self._cancel(list(pending))
+        except BaseException as e:  # Ctrl+C, SIGTERM, or the driver's own failure: no run is left behind
+            self._cancel(list(pending), e, {config.task.name for config, _ in runs})
             raise
         finally:
             self._reap({config.task.name for config, _ in runs})
@@ -331,8 +331,8 @@ class RayExecutor:
                             raise
                         except ray.exceptions.RayError as e:  # its worker died more than RETRIES times
                             log.warning("tuning worker %d was lost: %s", w, str(e).splitlines()[0][:300])
-        except BaseException:  # Ctrl+C, SIGTERM, a study that cannot be opened: no trial is left behind
-            self._cancel(list(pending))
+        except BaseException as e:  # Ctrl+C, SIGTERM, a study that cannot be opened: no trial is left behind
+            self._cancel(list(pending), e, {plan.base.task.name for plan in plans})
             raise
         finally:
             self._reap({plan.base.task.name for plan in plans})
@@ -424,12 +424,15 @@ class RayExecutor:
             except Exception as e:  # noqa: BLE001 - the next sweep on these tasks looks again
                 log.warning("abandoned runs of %s not looked for: %s", task, e)
 
-    def _cancel(self, refs: list[Any]) -> None:
+    def _cancel(self, refs: list[Any], error: BaseException, task_names: set[str]) -> None:
         """Cancel the runs not yet back: queued ones never start; running ones get SIGINT and
-        end KILLED at their next batch. Those that do not end in ``CANCEL_GRACE_S`` (or on a
-        second stop request) are killed with their worker, and reaped as abandoned."""
+        end KILLED at their next batch, with the reason that stopped the driver (Ctrl+C, SIGTERM,
+        or its own ``error``). Those that do not end in ``CANCEL_GRACE_S`` (or on a second
+        stop request) are killed with their worker, and reaped as abandoned."""
         import ray
 
+        reason = requests.reason() if isinstance(error, KeyboardInterrupt) else \
+            f"the sweep stopped: {failure_reason(error)}"
         for ref in refs:
             ray.cancel(ref)
         left, deadline = refs, time.monotonic() + CANCEL_GRACE_S
@@ -440,3 +443,5 @@ class RayExecutor:
             pass
         for ref in left:
             ray.cancel(ref, force=True)
+        for task in task_names if reason else ():  # the workers heard SIGINT, whatever stopped the driver
+            self.tracker.retell_killed(task, TASK_TAG, self.task_ids, reason)

@@ -75,6 +75,11 @@ class StopRequests:
         self.pending, self.delivered, self.count = None, signum, 0
         return REASONS.get(signum, f"signal {signum}")
 
+    def reason(self) -> str:
+        """The reason of the request pending or last acted upon ('' if none came)."""
+        signum = self.pending if self.pending is not None else self.delivered
+        return "" if signum is None else REASONS.get(signum, f"signal {signum}")
+
     def raise_pending(self) -> None:
         """Between runs: a request not acted upon yet stops the sweep now (in graceful mode, the
         caller decides when)."""

@@ -35,6 +35,9 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Against a server, MLflow's client prints two links to stdout whenever a run ends (and reads
+# the run back to make them): not in the middle of a sweep's progress.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
@@ -378,6 +381,13 @@ class Tracker:
         self.set_tags(run_id, {"failure_reason": f"gave way to run {holder}, which claimed it first"})
         self.end(run_id, "KILLED")
         self.delete(run_id)
+
+    def retell_killed(self, task: str, tag: str, values: set[str], reason: str) -> None:
+        """The KILLED runs of ``task`` whose ``tag`` is one of ``values`` get ``reason`` as their
+        failure reason (a Ray worker hears every stop as SIGINT, whatever stopped the sweep)."""
+        for run in self.search(task, "attributes.status = 'KILLED'"):
+            if run.data.tags.get(tag) in values:
+                self.set_tags(run.info.run_id, {"failure_reason": reason})
 
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status

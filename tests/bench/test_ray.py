@@ -24,6 +24,7 @@ import pytest
 
 from bench.cli import main
 from bench.ray_executor import NODE_TAG, TASK_TAG
+from bench.signals import REASONS
 from bench.tracking import ABANDONED, OWNER_TAG, Tracker
 from bench.tracking import default_tracking_uri as uri_of
 from tests.conftest import REPO_ROOT, read_runs
@@ -102,23 +103,25 @@ def test_two_sweeps_started_at_once_train_each_pair_once(cluster: Any, tmp_path:
     assert {r.data.tags[NODE_TAG] for r in runs} <= {n.node_id for n in [cluster.head_node, *cluster.worker_nodes]}
 
 
-def test_ctrl_c_cancels_the_sweep_and_records_the_runs_under_way_killed(cluster: Any, tmp_path: Path,
-                                                                        data_dir: Path) -> None:
-    """Three long runs on two CPUs: two train, one waits for a worker. Ctrl+C: the two end
-    KILLED with the reason, the third never starts, nothing stays RUNNING; exit 130."""
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_a_stop_cancels_the_sweep_and_records_the_runs_under_way_killed(signum: int, code: int, cluster: Any,
+                                                                        tmp_path: Path, data_dir: Path) -> None:
+    """Three long runs on two CPUs: two train, one waits for a worker. Ctrl+C (or a scheduler's
+    SIGTERM) to the sweep: the two end KILLED with the reason, the third never starts, nothing
+    stays RUNNING; exit 130 (143), as a local sweep."""
     results = tmp_path / "results"
     proc = bench_process([*LONG, "--ray", cluster.address, "--models", "lstm", "--seeds", "0,1,2",
                           "--results", str(results), "--data-dir", str(data_dir)])
     try:
         wait_until("two runs train", lambda: len(running(results)) == 2, proc)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, out
+    assert proc.returncode == code, out
     runs = read_runs(results)
     assert sorted((r.info.status, r.data.tags.get("failure_reason")) for r in runs) == \
-        [("KILLED", "interrupted by the user (Ctrl+C)")] * 2, out
+        [("KILLED", REASONS[signum])] * 2, out
 
 
 def test_tuning_on_ray_spreads_one_study_over_the_workers(cluster: Any, tmp_path: Path, data_dir: Path) -> None:
