@@ -208,8 +208,7 @@ class Runner:
         self.keep_model = keep_model
         self.model_required = model_required
         self.system_metrics_s = system_metrics_s
-        use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.device = run_device(accelerator)
         self.env_tags = environment_tags(self.device)
         self.device_kind = device_kind(self.device)
         self._data: OrderedDict[str, tuple[Task, Splits]] = OrderedDict()
@@ -234,8 +233,7 @@ class Runner:
         """The task and its splits; kept for the next runs that use the same data."""
         key = self._data_key(config)
         if key not in self._data:
-            task_cls = tasks.get_task(config.task.name)
-            task = task_cls(task_cls.make_params(**config.task_params), self.data_dir, config.seed)
+            task = make_task(config, self.data_dir)
             self._data[key] = (task, task.setup())
             while len(self._data) > 4:
                 dropped, _ = self._data.popitem(last=False)
@@ -509,7 +507,8 @@ class Runner:
         metrics: dict[str, float] = {f"val/{k}": v for k, v in module.results["val"].items()}
         metrics.update({f"test/{k}": v for k, v in module.results.get("test", {}).items()})
         metrics.update(done.throughput.metrics())
-        whole = make_loaders(config, splits, self.device)  # latency on the batches one process would see
+        # latency on the batches one process sees (a run over several: the whole splits' batches)
+        whole = done.loaders if train["devices"] == 1 else make_loaders(config, splits, self.device)
         typical = middle_batch(whole.test if evaluate_test else whole.val)
         metrics.update(inference_latency(module, typical, self.device, precision=train["precision"]))
         metrics.update({
@@ -557,7 +556,8 @@ class Trained:
     trainer: L.Trainer
     early: EarlyStopping
     throughput: Throughput
-    steps_per_epoch: int  # of this process's share
+    loaders: Loaders  # this process's share of the batches
+    steps_per_epoch: int
     trainable: bool
     train_s: float
     eval_s: float
@@ -630,7 +630,7 @@ def train_and_score(
     if evaluate_test:
         lightning_call(trainer, trainer.test, module, test_loader, ckpt_path=ckpt, verbose=False)
     eval_s = time.perf_counter() - t_eval
-    return Trained(module, trainer, early, throughput, steps_per_epoch, trainable, train_s, eval_s)
+    return Trained(module, trainer, early, throughput, loaders, steps_per_epoch, trainable, train_s, eval_s)
 
 
 def _other_rank(shard: Shard, config: RunConfig, data_dir: Path, accelerator: str, ckpt_dir: str,
@@ -638,12 +638,21 @@ def _other_rank(shard: Shard, config: RunConfig, data_dir: Path, accelerator: st
     """A rank other than 0 (in its own process): the same data and module, its share of the
     batches; it writes nothing (``bench.distributed.processes`` starts it)."""
     L.seed_everything(config.seed, workers=True, verbose=False)
+    task = make_task(config, data_dir)
+    train_and_score(config, task, task.setup(), run_device(accelerator, shard.rank), accelerator, shard, ckpt_dir,
+                    evaluate_test=evaluate_test)
+
+
+def make_task(config: RunConfig, data_dir: Path) -> Task:
+    """The run's task, with its parameters and seed (its data is read by ``setup``)."""
     task_cls = tasks.get_task(config.task.name)
-    task = task_cls(task_cls.make_params(**config.task_params), data_dir, config.seed)
-    splits = task.setup()
+    return task_cls(task_cls.make_params(**config.task_params), data_dir, config.seed)
+
+
+def run_device(accelerator: str, index: int = 0) -> torch.device:
+    """Where a run's process trains: GPU ``index`` when the accelerator allows one and there is one."""
     use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    device = torch.device("cuda", shard.rank) if use_cuda else torch.device("cpu")
-    train_and_score(config, task, splits, device, accelerator, shard, ckpt_dir, evaluate_test=evaluate_test)
+    return torch.device("cuda", index) if use_cuda else torch.device("cpu")
 
 
 class _StopTogether(L.Callback):
