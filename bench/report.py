@@ -27,6 +27,7 @@ from typing import Any
 
 from bench.config import configuration_id
 from bench.summary import PERF_COLUMNS as PERF  # the same speed, memory and size columns as bench run's tables
+from tasks.published import Published, describe, from_tags
 
 ENV_TAGS = ["device", "version.torch", "version.lightning", "version.mlflow", "version.python", "version.seqbench",
             "git_commit", "profile", "host"]
@@ -93,6 +94,7 @@ class Board:
     rows: list[Row]
     failed: list[Run] = field(default_factory=list)
     references: dict[str, str] = field(default_factory=dict)
+    published: list[Published] = field(default_factory=list)  # figures papers report for the task
 
     @property
     def arrow(self) -> str:
@@ -197,8 +199,9 @@ def boards(runs: list[Run], catalog: dict[str, Any]) -> list[Board]:
                 row.rank, leader = i + 1, row
         others = sorted({k.split("/", 1)[1] for r in finished for k in r.metrics if k.startswith("test/")} - {primary})
         references = {k.split(".", 1)[1]: v for r in finished for k, v in r.tags.items() if k.startswith("reference.")}
+        published = next((p for p in (from_tags(r.tags) for r in finished) if p), [])
         failed = [r for r in group if r.status != "FINISHED"]  # failed, stopped, abandoned or still running
-        out.append(Board(variant, task, primary, higher, [primary, *others], rows, failed, references))
+        out.append(Board(variant, task, primary, higher, [primary, *others], rows, failed, references, published))
     return out
 
 
@@ -296,6 +299,8 @@ def markdown(all_boards: list[Board], env: dict[str, list[tuple[str, int]]], tit
         lines.append("")
         if b.references:
             lines += ["Reference: " + ", ".join(f"{k} {v}" for k, v in b.references.items()), ""]
+        if b.published:
+            lines += [describe(b.published, "Published"), ""]
         if b.failed:
             lines += ["Runs that did not finish:", ""]
             lines += [f"- {r.model}, seed {r.seed}: {r.status.lower()}, {unfinished_reason(r)}" for r in b.failed]
@@ -455,6 +460,8 @@ def html_report(all_boards: list[Board], env: dict[str, list[tuple[str, int]]], 
             parts.append("<p class=\"note\">Reference: " + html.escape(", ".join(f"{k} {v}"
                                                                                  for k, v in b.references.items()))
                          + "</p>")
+        if b.published:
+            parts.append(f"<p class=\"note published\">{html.escape(describe(b.published, 'Published'))}</p>")
         if b.failed:
             parts.append("<p class=\"failed\">Runs that did not finish:</p><ul class=\"failed\">" + "".join(
                 f"<li>{html.escape(r.model)}, seed {html.escape(r.seed)}: {r.status.lower()}, "

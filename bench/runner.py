@@ -48,6 +48,7 @@ from bench.saved_model import save as save_model
 from bench.signals import Interrupted, requests
 from bench.tracking import Claim, Heartbeat, SystemMetrics, Tracker
 from tasks.batching import BucketBatchSampler, eval_loader
+from tasks.published import Published, from_tags, to_tags
 from tasks.registry import PaddedSplit, Splits, Task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +82,7 @@ class RunResult:
     reason: str = ""
     run_id: str = ""
     references: dict[str, float] = field(default_factory=dict)
+    published: list[Published] = field(default_factory=list)  # figures papers report for the task
     primary_metric: str = ""
     higher_is_better: bool = True
     wall_s: float = 0.0
@@ -97,6 +99,7 @@ class Outcome:
     references: dict[str, float]  # published figures for this task
     figures: dict[str, Any]  # name -> matplotlib figure
     module: SeqModule | None = None  # holding the best checkpoint's weights, where it is to be kept
+    published: tuple[Published, ...] = ()  # figures papers report for the task
 
 
 @dataclass
@@ -379,6 +382,7 @@ class Runner:
         result.status, result.run_id, result.metrics = "cached", done.info.run_id, dict(done.data.metrics)
         result.references = {k.split(".", 1)[1]: float(v) for k, v in done.data.tags.items()
                              if k.startswith("reference.")}
+        result.published = from_tags(done.data.tags)
         result.stop_reason, result.reason = done.data.tags.get("stop_reason", ""), ""
 
     def _record(self, result: RunResult, outcome: Outcome, memory: dict[str, float], t0: float,
@@ -387,7 +391,7 @@ class Runner:
         learning curve is in the store already: it was written as the validations happened."""
         metrics = {**outcome.metrics, **memory}
         tags = {"stop_reason": outcome.stop_reason,
-                **{f"reference.{k}": f"{v:.6g}" for k, v in outcome.references.items()}}
+                **{f"reference.{k}": f"{v:.6g}" for k, v in outcome.references.items()}, **to_tags(outcome.published)}
         t_record = time.perf_counter()
         self._log_figures(result.run_id, outcome.figures)
         if outcome.module is not None:
@@ -404,6 +408,7 @@ class Runner:
         metrics["time/record_s"] = time.perf_counter() - t_record  # figures, into the store
         metrics["time/total_s"] = time.perf_counter() - t0
         result.metrics, result.references, result.stop_reason = metrics, outcome.references, outcome.stop_reason
+        result.published = list(outcome.published)
         self.tracker.log_metrics(result.run_id, metrics)
         self.tracker.set_tags(result.run_id, tags)
         self.tracker.end(result.run_id, "FINISHED")
@@ -528,7 +533,7 @@ class Runner:
         figures = task.figures(predict, splits, module.last_stats["test"]) if evaluate_test else {}
         stop = stop_reason(trainer, done.early, extra, config.budget, done.train_s, done.trainable)
         kept = module if keep_model and evaluate_test else None  # after test: the scored weights
-        return Outcome(metrics, module.history, stop, task.references(), figures, kept)
+        return Outcome(metrics, module.history, stop, task.references(), figures, kept, task.published)
 
 
 def make_loaders(config: RunConfig, splits: Splits, device: torch.device, shard: Shard | None = None) -> Loaders:

@@ -10,6 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
+from tasks.published import describe
+
 PERF_COLUMNS = [  # (metric key, header, format)
     ("perf/train_samples_per_s", "train samples/s", "{:,.0f}"),
     ("perf/infer_batch_ms", "infer ms/batch", "{:.1f}"),
@@ -77,8 +79,11 @@ def task_tables(results: list[Any]) -> list[Table]:
         for rank, (failed_only, _, cells) in enumerate(rows, 1):
             table.add_row("–" if failed_only else str(rank), *cells)
         refs = runs[0].references or next((r.references for r in runs if r.references), {})
-        if refs:
-            table.caption = "reference: " + ", ".join(f"{k} {v:.4g}" for k, v in refs.items())
+        published = next((r.published for r in runs if r.published), [])
+        caption = [("reference: " + ", ".join(f"{k} {v:.4g}" for k, v in refs.items())) if refs else "",
+                   describe(published)]
+        if any(caption):
+            table.caption = "\n".join(c for c in caption if c)
             table.caption_justify = "left"
         tables.append(table)
     return tables

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from bench.registry import Registry
 from tasks.data import DataFile, resolve_data_dir
+from tasks.published import Published
 
 Batch = dict[str, torch.Tensor]  # always has "x" (B, T[, F]), "mask" (B, T) bool and "y"
 
@@ -190,6 +191,9 @@ class Task(ABC):
     causal: ClassVar[bool] = False
     input_kind: ClassVar[str] = "features"  # "tokens" (ids from a vocabulary) or "features" (real values)
     seeded_data: ClassVar[bool] = False  # True when the training data is drawn from the run's seed
+    # Figures papers report for this task (their setting named where it is not this task's
+    # defaults): recorded with every run and printed beside its results.
+    published: ClassVar[tuple[Published, ...]] = ()
 
     def __init__(self, params: Any, data_dir: Path | None = None, seed: int = 0) -> None:
         self.params = params
