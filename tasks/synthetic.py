@@ -30,7 +30,7 @@ def split_seed(split: str, seed: int) -> int:
     return {"train": training_seed(seed), "val": VAL_SEED, "test": TEST_SEED}[split]
 
 
-def _check_positive(**values: int) -> None:
+def check_positive(**values: int) -> None:
     for k, v in values.items():
         if v < 1:
             raise ValueError(f"{k}={v} is invalid: it must be >= 1")
@@ -46,7 +46,7 @@ class CopyParams:
     n_test: int = 1_000
 
     def __post_init__(self) -> None:
-        _check_positive(delay=self.delay, n_symbols=self.n_symbols, alphabet=self.alphabet,
+        check_positive(delay=self.delay, n_symbols=self.n_symbols, alphabet=self.alphabet,
                         n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
 
 
@@ -149,7 +149,7 @@ class AddingParams:
     n_test: int = 1_000
 
     def __post_init__(self) -> None:
-        _check_positive(n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
+        check_positive(n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
         if self.length < 2:
             raise ValueError(f"length={self.length} is invalid: it must be >= 2")
 

@@ -111,7 +111,8 @@ def carved_splits(task: Any) -> tuple[str, ...]:
     return SPLITS if task.name == "tweets" else ("train", "val")
 
 
-TEXT_TASKS = [pytest.param("imdb", marks=pytest.mark.slow), "tweets", "agnews"]
+TEXT_TASKS = [pytest.param("imdb", marks=pytest.mark.slow), pytest.param("lra-text", marks=pytest.mark.slow),
+              "tweets", "agnews"]
 
 
 @pytest.mark.parametrize("name", TEXT_TASKS)
