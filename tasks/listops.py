@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.published import Published
-from tasks.registry import Batch, DataShape, OutputSpec, PaddedSplit, Splits, Task, register_task
+from tasks.registry import Batch, DataShape, OutputSpec, PaddedSplit, Splits, Task, confusion_metrics, register_task
 
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
 CLOSE = "]"
@@ -234,12 +234,7 @@ class ListOps(Task):
         return {"confusion": torch.bincount(cells, minlength=N_CLASSES**2).view(N_CLASSES, N_CLASSES)}  # rows: truth
 
     def finalize(self, s: dict[str, torch.Tensor]) -> dict[str, float]:
-        cm = s["confusion"].double()
-        tp = cm.diag()
-        precision = tp / cm.sum(0).clamp(min=1)
-        recall = tp / cm.sum(1).clamp(min=1)
-        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-        return {"accuracy": float(tp.sum() / cm.sum()), "macro_f1": float(f1.mean())}
+        return confusion_metrics(s["confusion"])
 
     def references(self) -> dict[str, float]:
         """Always predicting the training split's majority class, scored on test."""

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.data import DataFile, ensure
-from tasks.registry import Batch, DataShape, OutputSpec, Splits, Task, TensorSplit, register_task
+from tasks.registry import Batch, DataShape, OutputSpec, Splits, Task, TensorSplit, confusion_metrics, register_task
 from tasks.text import grouped_split
 
 N_CLASSES = 10
@@ -175,12 +175,7 @@ class SeqPixels(Task):
         return {"confusion": confusion(batch["y"], pred.argmax(-1))}
 
     def finalize(self, s: dict[str, torch.Tensor]) -> dict[str, float]:
-        cm = s["confusion"].double()
-        tp = cm.diag()
-        precision = tp / cm.sum(0).clamp(min=1)
-        recall = tp / cm.sum(1).clamp(min=1)
-        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-        return {"accuracy": float(tp.sum() / cm.sum()), "macro_f1": float(f1.mean())}
+        return confusion_metrics(s["confusion"])
 
     def references(self) -> dict[str, float]:
         """Always predicting the training split's majority class, scored on test."""

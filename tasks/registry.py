@@ -294,6 +294,16 @@ class Task(ABC):
         return batch["mask"].sum()
 
 
+def confusion_metrics(confusion: torch.Tensor) -> dict[str, float]:
+    """Accuracy and macro-F1 of a split from its summed confusion matrix (rows: truth)."""
+    cm = confusion.double()
+    tp = cm.diag()
+    precision = tp / cm.sum(0).clamp(min=1)
+    recall = tp / cm.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {"accuracy": float(tp.sum() / cm.sum()), "macro_f1": float(f1.mean())}
+
+
 TASKS: Registry[type[Task]] = Registry("task", package="tasks")
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from tasks.data import DataFile, ensure
 from tasks.plots import confusion_figure
-from tasks.registry import Batch, DataShape, OutputSpec, PaddedSplit, Splits, Task, register_task
+from tasks.registry import Batch, DataShape, OutputSpec, PaddedSplit, Splits, Task, confusion_metrics, register_task
 
 PAD, UNK = 0, 1
 _URL = re.compile(r"https?://\S+|www\.\S+")
@@ -218,12 +218,7 @@ class TextClassificationTask(Task):
         return {"confusion": torch.bincount(cells, minlength=C * C).view(C, C)}  # rows: truth
 
     def finalize(self, s: dict[str, torch.Tensor]) -> dict[str, float]:
-        cm = s["confusion"].double()
-        tp = cm.diag()
-        precision = tp / cm.sum(0).clamp(min=1)
-        recall = tp / cm.sum(1).clamp(min=1)
-        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-        return {"accuracy": float(tp.sum() / cm.sum()), "macro_f1": float(f1.mean())}
+        return confusion_metrics(s["confusion"])
 
     def figures(self, predict: Any, splits: Splits, test_stats: dict[str, torch.Tensor]) -> dict[str, Any]:
         cm = test_stats["confusion"].numpy()
