@@ -27,6 +27,10 @@ STRATEGIES = ("auto", "ddp")  # auto: one process; ddp: one per device (bench.di
 # A run in one process leaves these out of its configuration (its params and its hashes), as
 # every run did before they existed: the same configuration keeps its id and leaderboard row.
 ONE_PROCESS = {"devices": 1, "strategy": "auto"}
+# Model settings added after runs were recorded, left out the same way at their neutral value
+# (a recurrent model's readout of its last state, PyTorch's own forget-gate bias).
+MODEL_NEUTRAL = {"readout": "last", "forget_bias": None}
+LEFT_OUT = {"train": ONE_PROCESS, "model": MODEL_NEUTRAL}
 
 
 @dataclass
@@ -226,8 +230,8 @@ class RunConfig:
         }
         for prefix, values in (("model", self.model_params), ("task", self.task_params),
                                ("train", self.train), ("budget", self.budget)):
-            out.update({f"{prefix}.{k}": v for k, v in values.items()
-                        if not (prefix == "train" and k in ONE_PROCESS and ONE_PROCESS[k] == v)})
+            neutral = LEFT_OUT.get(prefix, {})
+            out.update({f"{prefix}.{k}": v for k, v in values.items() if not (k in neutral and neutral[k] == v)})
         return out
 
     @property

@@ -42,6 +42,48 @@ def masked_mean(steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (steps * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+READOUTS = ("last", "mean", "max", "attention")
+
+
+class Readout(nn.Module):
+    """One vector per sequence from a layer's per-step outputs: ``model.readout``.
+
+    last       the state after each sequence's last real step (the "last output")
+    mean, max  pooled over the real steps of the whole output sequence ("return sequences")
+    attention  a learned score per step, softmax over the real steps, weighted sum
+
+    Padded steps never count, whatever their values.
+    """
+
+    def __init__(self, kind: str, dim: int) -> None:
+        super().__init__()
+        check_choice("readout", kind, READOUTS)
+        self.kind = kind
+        if kind == "attention":
+            self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1, bias=False))
+
+    def forward(self, steps: torch.Tensor, mask: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        """steps (B, T, D), mask (B, T); ``last`` (B, D) overrides the last-step vector
+        (a bidirectional layer's, whose backward half ends at step 0) -> (B, D)."""
+        if self.kind == "last":
+            return last if last is not None else last_valid(steps, mask)
+        if self.kind == "mean":
+            return masked_mean(steps, mask)
+        real = mask.unsqueeze(-1)  # (B, T, 1)
+        if self.kind == "max":
+            pooled = steps.masked_fill(~real, float("-inf")).amax(1)  # (B, D)
+            return torch.where(real.any(1), pooled, torch.zeros_like(pooled))  # an empty sequence gives 0
+        scores = self.score(steps).squeeze(-1).masked_fill(~mask, float("-inf"))  # (B, T)
+        weights = torch.nan_to_num(scores.softmax(-1))  # an empty sequence: all-NaN row -> 0
+        return torch.einsum("bt,btd->bd", weights, steps)  # (B, D)
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise a one-line ValueError naming the hyper-parameter and its valid choices."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is invalid: it must be one of {', '.join(choices)}")
+
+
 def check_range(name: str, value: float, lo: float, hi: float | None = None) -> None:
     """Raise a one-line ValueError naming the hyper-parameter when it is out of range."""
     if not (value >= lo and (hi is None or value <= hi)):  # also refuses NaN

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.layers import InputLayer, check_range, last_valid
+from models.layers import READOUTS, InputLayer, Readout, check_choice, check_range, last_valid
 from models.registry import WEIGHT_DECAYS, InputSpec, ModelSpec, register_model
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -29,12 +29,38 @@ class RecurrentHparams:
     num_layers: int = 1
     dropout: float = 0.0  # between stacked layers and on the output
     embed_dim: int = 64  # only used when the input is token ids
+    readout: str = "last"  # one vector per sequence: last | mean | max | attention (models.layers.Readout)
 
     def __post_init__(self) -> None:
         check_range("hidden_size", self.hidden_size, 1)
         check_range("num_layers", self.num_layers, 1)
         check_range("dropout", self.dropout, 0.0, 0.95)
         check_range("embed_dim", self.embed_dim, 1)
+        check_choice("readout", self.readout, READOUTS)
+
+
+@dataclass
+class LSTMHparams(RecurrentHparams):
+    # The forget gate's bias at initialisation (1.0: Gers et al. 2000, Jozefowicz et al. 2015),
+    # so that memory is kept by default; None keeps PyTorch's uniform initialisation.
+    forget_bias: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.forget_bias is not None:
+            check_range("forget_bias", self.forget_bias, -10.0, 10.0)
+
+
+def init_forget_bias(lstm: nn.LSTM, value: float) -> None:
+    """Set every layer's forget-gate bias to ``value``: PyTorch's gates are ordered
+    (input, forget, cell, output), and a gate's bias is b_ih + b_hh."""
+    H = lstm.hidden_size
+    with torch.no_grad():
+        for name, bias in lstm.named_parameters():
+            if name.startswith("bias_ih"):
+                bias[H : 2 * H] = value
+            elif name.startswith("bias_hh"):
+                bias[H : 2 * H] = 0.0
 
 
 def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -68,13 +94,18 @@ class RecurrentBackbone(nn.Module):
                 dropout=hp.dropout if hp.num_layers > 1 else 0.0,
                 batch_first=True,
             )
+        if isinstance(hp, LSTMHparams) and hp.forget_bias is not None:
+            for module in self.modules():
+                if isinstance(module, nn.LSTM):
+                    init_forget_bias(module, hp.forget_bias)
+        self.readout = Readout(hp.readout, self.step_dim)
         self.out_dropout = nn.Dropout(hp.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.inp(x)  # (B, T, E)
         if self.directions == 1:
             steps, _ = self.rnn(h)  # (B, T, H)
-            summary = last_valid(steps, mask)  # (B, H)
+            last = None
         else:
             lengths = mask.sum(1).clamp(min=1)  # (B,)
             for i, (fwd, bwd) in enumerate(self.layers):
@@ -85,9 +116,9 @@ class RecurrentBackbone(nn.Module):
                 h = torch.cat([ahead, reverse_within(back, lengths)], dim=-1)  # (B, T, 2H)
             steps = h
             # forward state after the last real step; backward state after reading back to step 0
-            summary = torch.cat([last_valid(ahead, mask), h[:, 0, ahead.size(-1):]], dim=-1)  # (B, 2H)
+            last = torch.cat([last_valid(ahead, mask), h[:, 0, ahead.size(-1):]], dim=-1)  # (B, 2H)
         steps = steps * mask.unsqueeze(-1).to(steps.dtype)
-        return self.out_dropout(steps), self.out_dropout(summary)
+        return self.out_dropout(steps), self.out_dropout(self.readout(steps, mask, last))
 
 
 def space(trial: Any) -> dict[str, Any]:
@@ -104,7 +135,7 @@ def space(trial: Any) -> dict[str, Any]:
 def recurrent(cell: str, bidirectional: bool = False, **preset: Any) -> ModelSpec:
     """The one builder every recurrent preset calls."""
     return ModelSpec(
-        hparams=RecurrentHparams,
+        hparams=LSTMHparams if cell == "lstm" else RecurrentHparams,
         build=lambda spec, hp, causal: RecurrentBackbone(spec, hp, cell, bidirectional),
         preset=preset,
         bidirectional=bidirectional,
