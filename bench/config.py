@@ -30,7 +30,7 @@ ONE_PROCESS = {"devices": 1, "strategy": "auto"}
 # Model settings added after runs were recorded, left out the same way at their neutral value
 # (a recurrent model's readout of its last state, PyTorch's own forget-gate bias).
 MODEL_NEUTRAL = {"readout": "last", "forget_bias": None}
-LEFT_OUT = {"train": ONE_PROCESS, "model": MODEL_NEUTRAL}
+LEFT_OUT = {"train": {**ONE_PROCESS, "record_gates": False}, "model": MODEL_NEUTRAL}
 
 
 @dataclass
@@ -55,6 +55,8 @@ class TrainConfig:
     # samples a step (a step covers devices x batch_size); the split metrics are the same sums.
     devices: int = 1
     strategy: str = "auto"  # ddp whenever devices > 1
+    # Gate statistics at every validation and a histogram figure (bench.gates); changes no result.
+    record_gates: bool = False
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:

@@ -40,6 +40,7 @@ import tasks
 from bench.config import RunConfig
 from bench.distributed import Shard, check_devices, processes
 from bench.executor import RunnerSettings, new_sweep_id
+from bench.gates import GateRecorder, gate_figure, gated, look_at_gates
 from bench.memory import PeakMemory
 from bench.meters import Throughput, inference_latency
 from bench.module import CURVE, SeqModule
@@ -531,6 +532,9 @@ class Runner:
                 return module(batch["x"].to(self.device), batch["mask"].to(self.device)).cpu()
 
         figures = task.figures(predict, splits, module.last_stats["test"]) if evaluate_test else {}
+        if train["record_gates"] and gated(module) is not None:
+            seen = look_at_gates(module, whole.val)
+            figures["gates.png"] = gate_figure(seen, f"{config.label}: gates on validation, scored checkpoint")
         stop = stop_reason(trainer, done.early, extra, config.budget, done.train_s, done.trainable)
         kept = module if keep_model and evaluate_test else None  # after test: the scored weights
         return Outcome(metrics, module.history, stop, task.references(), figures, kept, task.published)
@@ -589,7 +593,9 @@ def train_and_score(
     mode = "max" if task.higher_is_better else "min"
     throughput = Throughput(budget["meter_warmup_steps"], task.tokens)
     early = EarlyStopping(monitor, mode=mode, patience=budget["patience"])
-    callbacks: list[L.Callback] = [throughput, early, *extra, _StopCheck()]
+    # the gate statistics join each validation's record before ``extra`` writes it
+    gates = [GateRecorder()] if train["record_gates"] and shard.rank == 0 else []
+    callbacks: list[L.Callback] = [throughput, early, *gates, *extra, _StopCheck()]
     if listener is not None:
         listener.on_start(config, total_steps)
         callbacks.append(_Progress(listener))

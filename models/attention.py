@@ -69,6 +69,9 @@ class AttentionLSTM(nn.Module):
         steps = torch.tanh(self.combine(torch.cat([states, context], dim=-1)))  # (B, T, H)
         return steps, summary
 
+    def gate_activations(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.encoder.gate_activations(x, mask)  # the encoder LSTM's (models.registry.Gated)
+
 
 def space(trial: Any) -> dict[str, Any]:
     return {**recurrent_space(trial), "model.attn_dim": trial.suggest_categorical("model.attn_dim", [32, 64, 128])}

@@ -21,6 +21,11 @@ from models.layers import READOUTS, InputLayer, Readout, check_choice, check_ran
 from models.registry import WEIGHT_DECAYS, InputSpec, ModelSpec, register_model
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# Each cell's pre-activation chunks in PyTorch's order; None: not a sigmoid gate.
+GATES: dict[str, tuple[str | None, ...]] = {
+    "lstm": ("input", "forget", None, "output"),
+    "gru": ("reset", "update", None),
+}
 
 
 @dataclass
@@ -119,6 +124,47 @@ class RecurrentBackbone(nn.Module):
             last = torch.cat([last_valid(ahead, mask), h[:, 0, ahead.size(-1):]], dim=-1)  # (B, 2H)
         steps = steps * mask.unsqueeze(-1).to(steps.dtype)
         return self.out_dropout(steps), self.out_dropout(self.readout(steps, mask, last))
+
+    def gate_activations(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """LSTM and GRU gates by ``layer<i>/<gate>`` (a bidirectional layer's two directions
+        side by side: (B, T, 2H)); a vanilla RNN has none. See ``models.registry.Gated``."""
+        h = self.inp(x)  # (B, T, E)
+        out: dict[str, torch.Tensor] = {}
+        if self.directions == 1:
+            if isinstance(self.rnn, nn.RNN):
+                return {}
+            for i in range(self.rnn.num_layers):
+                gates, h = layer_gates(self.rnn, i, h)
+                out.update({f"layer{i}/{g}": a for g, a in gates.items()})
+            return out
+        if isinstance(self.layers[0][0], nn.RNN):
+            return {}
+        lengths = mask.sum(1).clamp(min=1)  # (B,)
+        for i, (fwd, bwd) in enumerate(self.layers):
+            ahead_gates, ahead = layer_gates(fwd, 0, h)
+            back_gates, back = layer_gates(bwd, 0, reverse_within(h, lengths))
+            h = torch.cat([ahead, reverse_within(back, lengths)], dim=-1)  # (B, T, 2H)
+            for g, a in ahead_gates.items():
+                out[f"layer{i}/{g}"] = torch.cat([a, reverse_within(back_gates[g], lengths)], dim=-1)
+        return out
+
+
+def layer_gates(rnn: nn.RNNBase, layer: int, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The sigmoid gates of one layer of an LSTM or GRU along its trajectory, and the
+    layer's outputs. x (B, T, I) -> ({gate: (B, T, H)}, (B, T, H)).
+
+    The layer runs alone (with its own weights) to give h_1..h_T; every gate at t is then
+    sigma(W_i x_t + b_i + W_h h_{t-1} + b_h) for all steps at once, with h_0 = 0."""
+    weights = {k: getattr(rnn, f"{k}_l{layer}") for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    alone = type(rnn)(x.size(-1), rnn.hidden_size, batch_first=True).to(x.device)
+    alone.load_state_dict({f"{k}_l0": w for k, w in weights.items()})
+    h, _ = alone(x)  # (B, T, H)
+    before = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)  # h_{t-1}, (B, T, H)
+    pre_x = x @ weights["weight_ih"].T + weights["bias_ih"]  # (B, T, kH)
+    pre_h = before @ weights["weight_hh"].T + weights["bias_hh"]  # (B, T, kH)
+    names = GATES["lstm" if isinstance(rnn, nn.LSTM) else "gru"]
+    chunks = zip(names, pre_x.chunk(len(names), -1), pre_h.chunk(len(names), -1), strict=True)
+    return {name: torch.sigmoid(a + b) for name, a, b in chunks if name}, h
 
 
 def space(trial: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from bench.registry import Registry
 
@@ -53,6 +53,17 @@ class OutputShape:
     kind: str  # "class_per_sequence" | "class_per_step" | "values" | "forecast"
     n_classes: int = 0
     shape: tuple[int, ...] = ()
+
+
+@runtime_checkable
+class Gated(Protocol):
+    """A backbone whose gates can be looked at (``train.record_gates``)."""
+
+    def gate_activations(self, x: Any, mask: Any) -> dict[str, Any]:
+        """Each gate's activation in [0, 1] along the model's own trajectory, by
+        ``layer<i>/<gate>``: (B, T, units) tensors (padded steps hold anything). Empty when
+        this configuration has no gates (a vanilla RNN)."""
+        ...
 
 
 class Incompatible(ValueError):

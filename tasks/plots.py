@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +20,7 @@ def _pyplot() -> Any:
 
 def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str) -> Any:
     """Rows: true class; columns: predicted class; cells: counts and row-normalised shares."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(class_names)
     share = confusion / np.clip(confusion.sum(1, keepdims=True), 1, None)
     fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.1 * n + 2))
@@ -46,7 +46,7 @@ def forecast_figure(predict: Any, split: Any, horizon: int, unscale: Any, channe
     ``predict(batch)`` -> (B, H, C); ``unscale(values, channel)`` -> original units."""
     import torch
 
-    plt = _pyplot()
+    plt = pyplot()
     with torch.no_grad():
         batch = split.__getitems__(list(range(0, len(split), horizon)))
         forecast = unscale(predict(batch)[..., channel].double().numpy().reshape(-1), channel)
