@@ -65,8 +65,8 @@ def build_catalog() -> dict[str, Any]:
         spec = models.get_model(name)
         params = None  # a predictor's size depends on the task
         if not spec.predictor:
-            params = sum(p.numel() for p in spec.build(models.InputSpec(n_features=1), spec.make_hparams(), False)
-                         .parameters())
+            one = models.InputSpec(n_features=1, frame=(1, 1) if "frames" in spec.inputs else None)
+            params = sum(p.numel() for p in spec.build(one, spec.make_hparams(), False).parameters())
         catalog["models"][name] = {
             "description": spec.description,
             "bidirectional": spec.bidirectional,
@@ -86,6 +86,7 @@ def build_catalog() -> dict[str, Any]:
             "version": cls.version,
             "causal": cls.causal,
             "input": cls.input_kind,
+            "frames": cls.frames,
             "primary_metric": cls.primary_metric,
             "higher_is_better": cls.higher_is_better,
             "output": task.output.kind,
@@ -271,7 +272,8 @@ def refusal(name: str, model: dict[str, Any], task: dict[str, Any]) -> str:
         return f"{name} is bidirectional (reads later steps), and causal tasks refuse it"
     if task["output"] not in model["outputs"]:
         return f"{name} gives {' or '.join(OUTPUT_WORDS[o] for o in model['outputs'])} only"
-    if task["input"] not in model["inputs"]:
+    readable = {task["input"], "frames"} if task.get("frames") else {task["input"]}
+    if not readable & set(model["inputs"]):
         return f"{name} reads {' or '.join(model['inputs'])} only"
     return ""
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from bench.distributed import summed, world_size
 from bench.recipe import WindowNorm, optimizer_and_schedule
+from models.registry import HeadMaker, OutputShape
 from tasks.registry import Batch, OutputSpec, Task
 
 # The running training loss is read (which waits for the device) only every this many
@@ -61,8 +62,12 @@ class SeqModule(L.LightningModule):
                  total_steps: int = 1) -> None:
         super().__init__()
         self.backbone = backbone
-        # A predictor (a baseline) gives the task's output itself; a backbone needs a head.
-        self.head = None if predictor else Head(task.output, backbone.step_dim, backbone.summary_dim)
+        # A predictor (a baseline) gives the task's output itself; a backbone needs a head: its
+        # own for the outputs it has one for (models.registry.HeadMaker), else a linear one.
+        out = task.output
+        own = backbone.make_head(OutputShape(out.kind, out.n_classes, out.shape)) \
+            if isinstance(backbone, HeadMaker) and not predictor else None
+        self.head = None if predictor else own or Head(out, backbone.step_dim, backbone.summary_dim)
         # Forecasting: the model sees each window normalised and predicts in that space; its
         # output is mapped back before the loss and the metrics.
         norm = train.get("window_norm", "none")

@@ -58,7 +58,7 @@ def keeps_model(profile: str, choice: bool | None) -> bool:
 
 def input_spec(splits: Splits) -> models.InputSpec:
     return models.InputSpec(vocab_size=splits.vocab_size, n_features=splits.n_features, season=splits.season,
-                            seq_len=splits.seq_len)
+                            seq_len=splits.seq_len, frame=splits.frame)
 
 
 def build_network(config: RunConfig, task: Task, splits: Splits) -> Any:

@@ -174,7 +174,7 @@ def build_and_count(spec: Any, hp: Any, task: Any, shape: Any, who: str) -> tupl
 
     out = task.output
     inp = models.InputSpec(vocab_size=shape.vocab_size, n_features=shape.n_features, season=shape.season,
-                           seq_len=shape.seq_len)
+                           seq_len=shape.seq_len, frame=shape.frame)
     try:
         with torch.device("meta"):
             module = spec.instantiate(inp, hp, task.causal, models.OutputShape(out.kind, out.n_classes, out.shape))

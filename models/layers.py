@@ -43,6 +43,7 @@ def masked_mean(steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 READOUTS = ("last", "mean", "max", "attention")
+SCORE_WIDTH = 128  # the attention readout's scoring layer, at most (a conv-LSTM's steps are whole frames)
 
 
 class Readout(nn.Module):
@@ -60,7 +61,8 @@ class Readout(nn.Module):
         check_choice("readout", kind, READOUTS)
         self.kind = kind
         if kind == "attention":
-            self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1, bias=False))
+            width = min(dim, SCORE_WIDTH)
+            self.score = nn.Sequential(nn.Linear(dim, width), nn.Tanh(), nn.Linear(width, 1, bias=False))
 
     def forward(self, steps: torch.Tensor, mask: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
         """steps (B, T, D), mask (B, T); ``last`` (B, D) overrides the last-step vector

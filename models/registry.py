@@ -35,6 +35,7 @@ class InputSpec:
     n_features: int | None = None
     season: int | None = None  # the data's seasonal period in steps, if it has one
     seq_len: int | None = None  # the length of every sequence, where it is fixed (forecast windows)
+    frame: tuple[int, int] | None = None  # each step's features are an image (height, width), row by row
 
     @property
     def kind(self) -> str:
@@ -43,6 +44,10 @@ class InputSpec:
     def __post_init__(self) -> None:
         if (self.vocab_size is None) == (self.n_features is None):
             raise ValueError("InputSpec needs exactly one of vocab_size and n_features")
+        if self.frame is not None:
+            object.__setattr__(self, "frame", tuple(self.frame))  # (read back from JSON as a list)
+            if self.n_features != self.frame[0] * self.frame[1]:
+                raise ValueError(f"frame {self.frame} does not hold n_features={self.n_features} values")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,14 @@ class Gated(Protocol):
         ...
 
 
+@runtime_checkable
+class HeadMaker(Protocol):
+    """A backbone that gives the head for some outputs itself (a convolutional readout of
+    frames, say); None leaves the harness's linear head."""
+
+    def make_head(self, output: OutputShape) -> Any: ...
+
+
 class Incompatible(ValueError):
     """This model cannot serve this data (e.g. a seasonal baseline with a look-back shorter
     than the season): the pair is refused, not counted as a failed run."""
@@ -78,7 +91,7 @@ SearchSpace = Callable[[Any], dict[str, Any]]
 # the default configuration lies inside every search space.
 WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3, 1e-2]
 ALL_OUTPUTS = frozenset({"class_per_sequence", "class_per_step", "values", "forecast"})
-ALL_INPUTS = frozenset({"tokens", "features"})
+ALL_INPUTS = frozenset({"tokens", "features"})  # "frames": features that are images (InputSpec.frame)
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,7 @@ class ModelSpec:
     train_defaults: dict[str, Any] = field(default_factory=dict)  # e.g. a family's learning rate
     search_space: SearchSpace | None = None
     outputs: frozenset[str] = ALL_OUTPUTS  # task output kinds it can serve
-    inputs: frozenset[str] = ALL_INPUTS  # "tokens" and/or "features"
+    inputs: frozenset[str] = ALL_INPUTS  # "tokens", "features" and/or "frames"
     predictor: bool = False  # gives the task's output itself (no head); may define fit_data(loader)
     name: str = ""
     description: str = ""

@@ -125,6 +125,7 @@ class Splits:
     n_features: int | None = None  # ... or real-valued features
     season: int | None = None  # seasonal period in steps, where the data has one
     seq_len: int | None = None  # the length of every input sequence, where it is fixed
+    frame: tuple[int, int] | None = None  # each step's features are an image (height, width), row by row
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -175,6 +176,7 @@ class DataShape:
     n_features: int | None = None  # ... or real-valued features per step
     season: int | None = None
     seq_len: int | None = None  # the length of every input sequence, where it is fixed
+    frame: tuple[int, int] | None = None
     max_len: int | None = None  # the longest input sequence, where it is known before loading
     n_train: int | None = None  # training samples, where known: no training batch is larger
     generated_bytes: int = 0  # memory the generated splits hold; 0 for data read from files
@@ -190,6 +192,7 @@ class Task(ABC):
     higher_is_better: ClassVar[bool]
     causal: ClassVar[bool] = False
     input_kind: ClassVar[str] = "features"  # "tokens" (ids from a vocabulary) or "features" (real values)
+    frames: ClassVar[bool] = False  # each step's features are an image (Splits.frame): models reading frames serve it
     seeded_data: ClassVar[bool] = False  # True when the training data is drawn from the run's seed
     # Figures papers report for this task (their setting named where it is not this task's
     # defaults): recorded with every run and printed beside its results.

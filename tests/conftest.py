@@ -25,6 +25,7 @@ SMALL_TASK_PARAMS: dict[str, dict[str, Any]] = {
     "listops": {"min_length": 10, "max_length": 60, "n_train": 64, "n_val": 32, "n_test": 32},
     "selective-copy": {"length": 12, "n_symbols": 3, "n_train": 64, "n_val": 32, "n_test": 32},
     "assoc-recall": {"n_pairs": 4, "length": 16, "n_train": 64, "n_val": 32, "n_test": 32},
+    "moving-shapes": {"size": 8, "input_frames": 4, "predict_frames": 2, "n_train": 64, "n_val": 32, "n_test": 32},
 }
 
 

@@ -319,7 +319,7 @@ def test_ui_links_per_task_and_a_store_it_cannot_write(results_dir: Path, data_d
         monkeypatch.setattr(tracker, "mark_training_experiments", refuse)
 
 
-GENERATED = ["listops", "selective-copy", "assoc-recall", "seq-pixels:permuted"]
+GENERATED = ["listops", "selective-copy", "assoc-recall", "seq-pixels:permuted", "moving-shapes"]
 
 
 @pytest.mark.slow

@@ -13,24 +13,38 @@ from models import MODELS, InputSpec, get_model
 
 # Backbones: every model with a head of the harness's (baselines are tested in test_baselines.py).
 MODEL_NAMES = [n for n in MODELS if not get_model(n).predictor]
-KINDS = ["tokens", "features"]
-VOCAB, FEATURES = 13, 3
+VOCAB, FEATURES, FRAME = 13, 3, (4, 4)
+
+
+def kinds(name: str) -> list[str]:
+    """The inputs a model reads: token ids, real features, or features that are image frames."""
+    return [k for k in ("tokens", "features", "frames") if k in get_model(name).inputs]
+
 
 # Models that never read later steps in their per-step outputs when built for a causal task.
 CAUSAL_NAMES = [n for n in MODEL_NAMES if not get_model(n).bidirectional]
 # Every way a backbone gets built: for a non-causal task, and for a causal one (never bidirectional).
 BUILDS = [(n, False) for n in MODEL_NAMES] + [(n, True) for n in CAUSAL_NAMES]
 BUILD_IDS = [f"{n}-{'causal' if c else 'noncausal'}" for n, c in BUILDS]
+# ... and each with every input it reads
+BUILD_KINDS = [(n, c, k) for n, c in BUILDS for k in kinds(n)]
+BUILD_KIND_IDS = [f"{n}-{'causal' if c else 'noncausal'}-{k}" for n, c, k in BUILD_KINDS]
+MODEL_KINDS = [(n, k) for n in MODEL_NAMES for k in kinds(n)]
+MODEL_KIND_IDS = [f"{n}-{k}" for n, k in MODEL_KINDS]
 
 
 def input_spec(kind: str) -> InputSpec:
-    return InputSpec(vocab_size=VOCAB) if kind == "tokens" else InputSpec(n_features=FEATURES)
+    if kind == "tokens":
+        return InputSpec(vocab_size=VOCAB)
+    if kind == "frames":
+        return InputSpec(n_features=FRAME[0] * FRAME[1], frame=FRAME)
+    return InputSpec(n_features=FEATURES)
 
 
 def random_inputs(kind: str, batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
     if kind == "tokens":
         return torch.randint(1, VOCAB, (batch, length), generator=gen)  # real ids only (0 is padding)
-    return torch.randn(batch, length, FEATURES, generator=gen)
+    return torch.randn(batch, length, input_spec(kind).n_features, generator=gen)
 
 
 def build(name: str, kind: str, causal: bool = False, **overrides: typing.Any) -> torch.nn.Module:
@@ -46,8 +60,7 @@ def test_every_expected_model_is_registered() -> None:
     assert not get_model("lstm").bidirectional
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(("name", "causal"), BUILDS, ids=BUILD_IDS)
+@pytest.mark.parametrize(("name", "causal", "kind"), BUILD_KINDS, ids=BUILD_KIND_IDS)
 def test_forward_shapes_and_finite(name: str, kind: str, causal: bool) -> None:
     backbone = build(name, kind, causal).eval()
     B, T = 3, 7
@@ -66,8 +79,7 @@ def test_forward_shapes_and_finite(name: str, kind: str, causal: bool) -> None:
     assert torch.isfinite(steps).all() and torch.isfinite(summary).all()
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("name", MODEL_NAMES, ids=MODEL_NAMES)
+@pytest.mark.parametrize(("name", "kind"), MODEL_KINDS, ids=MODEL_KIND_IDS)
 def test_backward_reaches_every_parameter(name: str, kind: str) -> None:
     backbone = build(name, kind).train()
     gen = torch.Generator().manual_seed(2)
@@ -92,8 +104,7 @@ def test_backward_reaches_every_parameter(name: str, kind: str) -> None:
         assert p.grad.abs().sum() > 0, f"{name}: gradient of {pname} is all zero"
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(("name", "causal"), BUILDS, ids=BUILD_IDS)
+@pytest.mark.parametrize(("name", "causal", "kind"), BUILD_KINDS, ids=BUILD_KIND_IDS)
 def test_padding_does_not_change_outputs(name: str, kind: str, causal: bool) -> None:
     backbone = build(name, kind, causal).eval()
     gen = torch.Generator().manual_seed(3)
@@ -108,7 +119,7 @@ def test_padding_does_not_change_outputs(name: str, kind: str, causal: bool) -> 
         if kind == "tokens":
             padded = torch.zeros(2, T, dtype=torch.long)
         else:
-            padded = 100.0 * torch.randn(2, T, FEATURES, generator=gen)
+            padded = 100.0 * torch.randn(2, T, input_spec(kind).n_features, generator=gen)
         padded[0, :L] = short[0]
         padded[1] = long[0]
         mask = torch.zeros(2, T, dtype=torch.bool)
@@ -140,11 +151,12 @@ def _future_changed(name: str, kind: str, causal: bool) -> tuple[torch.Tensor, t
     return before, after, t
 
 
-CAUSAL_CASES = [(n, True) for n in CAUSAL_NAMES] + [("lstm-attn", False)]  # its per-step path is always causal
+CAUSAL_CASES = [(n, True, k) for n in CAUSAL_NAMES for k in kinds(n)] + [
+    ("lstm-attn", False, k) for k in kinds("lstm-attn")]  # its per-step path is always causal
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(("name", "causal"), CAUSAL_CASES, ids=[f"{n}-causal={c}" for n, c in CAUSAL_CASES])
+@pytest.mark.parametrize(("name", "causal", "kind"), CAUSAL_CASES,
+                         ids=[f"{n}-causal={c}-{k}" for n, c, k in CAUSAL_CASES])
 def test_per_step_outputs_never_read_the_future(name: str, causal: bool, kind: str) -> None:
     before, after, t = _future_changed(name, kind, causal)
     torch.testing.assert_close(after[:, : t + 1], before[:, : t + 1], atol=1e-5, rtol=0)

@@ -16,6 +16,11 @@ READOUT_FAMILIES = [n for n in MODELS if "readout" in {f.name for f in dataclass
 CASES = [(n, r) for n in READOUT_FAMILIES for r in READOUTS]
 
 
+def features_spec(name: str) -> InputSpec:
+    """Three real features a step, or a 2x2 frame for a model that reads frames."""
+    return InputSpec(n_features=4, frame=(2, 2)) if "frames" in get_model(name).inputs else InputSpec(n_features=3)
+
+
 def test_every_recurrent_family_has_a_readout() -> None:
     recurrent = {"rnn", "lstm", "gru", "bilstm", "bigru", "stacked-lstm", "stacked-gru", "lstm-attn"}
     assert recurrent <= set(READOUT_FAMILIES)
@@ -45,10 +50,11 @@ def test_an_unknown_readout_is_one_clear_error() -> None:
 def test_readout_ignores_padding_and_trains(name: str, readout: str) -> None:
     torch.manual_seed(0)
     spec = get_model(name)
-    backbone = spec.build(InputSpec(n_features=3), spec.make_hparams(readout=readout), False)
+    inp = features_spec(name)
+    backbone = spec.build(inp, spec.make_hparams(readout=readout), False)
     gen = torch.Generator().manual_seed(1)
-    short = torch.randn(1, 4, 3, generator=gen)
-    padded = 100.0 * torch.randn(2, 9, 3, generator=gen)
+    short = torch.randn(1, 4, inp.n_features, generator=gen)
+    padded = 100.0 * torch.randn(2, 9, inp.n_features, generator=gen)
     padded[0, :4] = short[0]
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[0, 4:] = False
