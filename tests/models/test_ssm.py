@@ -1,0 +1,171 @@
+"""The state-space families (models/s4d.py, models/mamba.py): each fast form against its
+step-by-step recurrence, selectivity, and long sequences. The backbone contract itself
+(shapes, padding, causality, gradients, hyper-parameters) is in test_models.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import InputSpec, get_model
+from models.mamba import MambaHparams, MambaMixer, pscan, sequential_scan
+from models.s4d import S4DLayer
+
+
+def build(name: str, spec: InputSpec, **overrides: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = get_model(name)
+    return model.build(spec, model.make_hparams(**overrides), True)
+
+
+def decays_and_inputs(T: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(T)
+    # decays from ~1 (long memory) to ~0.007 (forgets at once), as exp(ΔA) spans
+    a = torch.exp(-5 * torch.rand(2, T, 3, 4, generator=gen, dtype=dtype))
+    b = torch.randn(2, T, 3, 4, generator=gen, dtype=dtype)
+    return a, b
+
+
+# --- Mamba's scan -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T", [1, 7, 300, 1000, 2048])
+def test_parallel_scan_matches_the_sequential_loop(T: int) -> None:
+    a, b = decays_and_inputs(T)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    fast, slow = pscan(a, b), sequential_scan(a, b)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    # the hand-written backward agrees with autograd through the loop
+    weights = torch.randn(fast.shape, generator=torch.Generator().manual_seed(1))
+    grads_fast = torch.autograd.grad((fast * weights).sum(), (a, b))
+    grads_slow = torch.autograd.grad((slow * weights).sum(), (a, b))
+    for g_fast, g_slow in zip(grads_fast, grads_slow, strict=True):
+        torch.testing.assert_close(g_fast, g_slow, atol=1e-4, rtol=1e-4)
+
+
+def test_parallel_scan_gradient_matches_finite_differences() -> None:
+    a, b = decays_and_inputs(9, torch.float64)
+    a, b = a[:1, :, :2, :2], b[:1, :, :2, :2]
+    assert torch.autograd.gradcheck(pscan, (a.requires_grad_(True), b.requires_grad_(True)))
+
+
+def test_mamba_gives_the_same_outputs_with_either_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    backbone = build("mamba", InputSpec(n_features=3), hidden_size=16, readout="mean").eval()
+    x = torch.randn(2, 37, 3, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 37, dtype=torch.bool)
+    mask[1, 20:] = False
+    with torch.no_grad():
+        steps, summary = backbone(x, mask)
+        monkeypatch.setattr(MambaMixer, "parallel", False)
+        steps_seq, summary_seq = backbone(x, mask)
+    torch.testing.assert_close(steps, steps_seq, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(summary, summary_seq, atol=1e-5, rtol=1e-5)
+
+
+def test_mamba_step_size_and_decay_depend_on_the_input() -> None:
+    torch.manual_seed(0)
+    hp = MambaHparams(hidden_size=16, d_conv=4)
+    mixer = MambaMixer(16, hp).eval()
+    u = torch.randn(1, 12, 16, generator=torch.Generator().manual_seed(3))
+    changed, t = u.clone(), 5
+    changed[:, t] = torch.randn(16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        delta, delta_changed = mixer.selection(u)[2], mixer.selection(changed)[2]  # (1, T, E)
+    A = -mixer.A_log.exp()
+    decay, decay_changed = torch.exp(delta[..., None] * A), torch.exp(delta_changed[..., None] * A)
+    torch.testing.assert_close(delta_changed[:, :t], delta[:, :t], atol=1e-6, rtol=0)  # the past is untouched
+    assert (delta_changed[:, t] - delta[:, t]).abs().max() > 1e-3  # Δ at t follows the input at t
+    assert (decay_changed[:, t] - decay[:, t]).abs().max() > 1e-4  # and so does the state's decay
+    # the changed step reaches Δ only through the causal convolution's window
+    torch.testing.assert_close(delta_changed[:, t + hp.d_conv :], delta[:, t + hp.d_conv :], atol=1e-6, rtol=0)
+
+
+# --- S4D's convolution ------------------------------------------------------------------
+
+
+def s4d_recurrence(layer: S4DLayer, u: torch.Tensor) -> torch.Tensor:
+    """The ZOH-discretised diagonal SSM, one step at a time, from the raw parameters.
+    u (B, T, H) -> y (B, T, H)."""
+    A = -layer.log_A_real.exp() + 1j * layer.A_imag  # (H, N/2)
+    dA = torch.exp(A * layer.log_dt.exp()[:, None])
+    dB = (dA - 1) / A
+    C = torch.view_as_complex(layer.C)
+    x = torch.zeros(u.size(0), *A.shape, dtype=A.dtype)  # (B, H, N/2)
+    ys = []
+    for t in range(u.size(1)):
+        x = dA * x + dB * u[:, t, :, None]
+        ys.append(2 * (C * x).sum(-1).real + layer.D * u[:, t])
+    return torch.stack(ys, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_s4d_convolution_matches_the_recurrence(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    layer = S4DLayer(H=5, N=8, dt_min=1e-2, dt_max=0.5, dropout=0.0).to(dtype)
+    u = torch.randn(2, 300, 5, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    with torch.no_grad():
+        conv, loop = layer.ssm(u), s4d_recurrence(layer, u)
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(conv, loop, atol=tol, rtol=tol)
+    # ... and the kernel is the recurrence's impulse response (the D skip aside)
+    impulse = torch.zeros(1, 300, 5, dtype=dtype)
+    impulse[:, 0] = 1.0
+    with torch.no_grad():
+        response = s4d_recurrence(layer, impulse)[0]  # (T, H)
+        response[0] -= layer.D
+        torch.testing.assert_close(layer.kernel(300).T, response, atol=tol, rtol=tol)
+
+
+def test_s4d_layer_is_linear_and_time_invariant() -> None:
+    """S4D's SSM is one fixed kernel for every input (no selection): linear, and a delayed
+    input gives the same output, delayed."""
+    torch.manual_seed(0)
+    layer = S4DLayer(H=4, N=8, dt_min=1e-3, dt_max=0.1, dropout=0.0)
+    gen = torch.Generator().manual_seed(6)
+    u1, u2 = torch.randn(1, 40, 4, generator=gen), torch.randn(1, 40, 4, generator=gen)
+    delayed = torch.cat([torch.zeros(1, 7, 4), u1[:, :-7]], 1)  # u1, 7 steps later
+    with torch.no_grad():
+        y1 = layer.ssm(u1)
+        torch.testing.assert_close(layer.ssm(3 * u1 + u2), 3 * y1 + layer.ssm(u2), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(layer.ssm(delayed)[:, 7:], y1[:, :-7], atol=1e-5, rtol=1e-5)
+        assert layer.ssm(delayed)[:, :7].abs().max() < 1e-6  # nothing before the input starts
+
+
+# --- long sequences ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["s4d", "mamba"])
+def test_long_sequences_stay_finite_and_padding_stays_out(name: str) -> None:
+    T, L = 2048, 1500
+    backbone = build(name, InputSpec(n_features=2), hidden_size=8, d_state=4, num_layers=2, dropout=0.0)
+    gen = torch.Generator().manual_seed(7)
+    x = 100.0 * torch.randn(2, T, 2, generator=gen)  # padding: huge values, and NaN
+    x[:, :L] = torch.randn(2, L, 2, generator=gen)
+    x[0, -10:] = float("nan")
+    x[1] = torch.randn(T, 2, generator=gen)
+    mask = torch.ones(2, T, dtype=torch.bool)
+    mask[0, L:] = False
+    x.requires_grad_(True)
+    steps, summary = backbone(x, mask)
+    assert torch.isfinite(steps).all() and torch.isfinite(summary).all()
+    (steps[:, -1].sum() + summary.sum()).backward()
+    for pname, p in backbone.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    assert x.grad[1, 0].abs().sum() > 0  # the last step still hears the first, 2047 steps back
+    assert x.grad[0, L:].abs().sum() == 0  # padding reaches nothing
+    with torch.no_grad():
+        alone, _ = backbone(x[:1, :L].detach(), mask[:1, :L])
+    torch.testing.assert_close(steps[0, :L].detach(), alone[0], atol=1e-5, rtol=0)
+
+
+# --- hyper-parameters -------------------------------------------------------------------
+
+
+def test_s4d_state_size_must_be_even_and_dt_range_ordered() -> None:
+    spec = get_model("s4d")
+    with pytest.raises(ValueError, match="d_state"):
+        spec.make_hparams(d_state=7)
+    with pytest.raises(ValueError, match="dt_max"):
+        spec.make_hparams(dt_min=0.1, dt_max=0.01)
+    assert spec.make_hparams(d_state=8, dt_min=1e-4, dt_max=1e-2).d_state == 8
