@@ -48,6 +48,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, m in catalog["models"].items():
             params = f"{m['params_1_feature']:,}" if m["params_1_feature"] is not None else "per task"
             serves = "any task" if len(m["outputs"]) == 4 else ", ".join(o.replace("_", " ") for o in m["outputs"])
+            if m["inputs"] == ["frames"]:
+                serves = "tasks of image frames"
             table.add_row(name, params, "yes" if m["bidirectional"] else "no", serves, m["description"])
         console.print(table)
     if not args.models_only:
