@@ -26,6 +26,7 @@ from bench.config import (
     RunConfig,
     TaskRef,
     TrainConfig,
+    family_neutral,
     fields_of,
     parse_assignments,
     typed_overrides,
@@ -339,6 +340,8 @@ def resolve(request: Request) -> list[RunConfig]:
                     train=dataclasses.asdict(train),
                     budget=dataclasses.asdict(budget),
                     task_version=task_cls.version,
+                    model_neutral=family_neutral(spec),
                 )
             )
     return configs
+

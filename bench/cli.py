@@ -540,12 +540,14 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
     catalog = load_catalog()
     names = select_names("model", args.models, catalog["models"])
-    models = [n for n in names if not catalog["models"][n]["baseline"]]
+    # bench scale feeds token ids: baselines (no backbone) and models of image frames sit out
+    models = [n for n in names if not catalog["models"][n]["baseline"] and "tokens" in catalog["models"][n]["inputs"]]
     if len(models) < len(names):
         left_out = ", ".join(n for n in names if n not in models)
         if not models:
-            raise BenchError(f"Nothing to measure: {left_out} are baselines, with no backbone to train")
-        err_console.print(f"[yellow]left out[/] {escape(left_out)}: baselines have no backbone to train")
+            raise BenchError(f"Nothing to measure: {left_out} are baselines or read image frames, not token ids")
+        err_console.print(f"[yellow]left out[/] {escape(left_out)}: baselines have no backbone to train, "
+                          "and models of image frames read no token ids")
     lengths = parse_sizes("--lengths", args.lengths)
     batch_sizes = parse_sizes("--batch-sizes", args.batch_sizes)
     if args.steps < 1 or args.warmup_steps < 0:

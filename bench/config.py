@@ -27,10 +27,11 @@ STRATEGIES = ("auto", "ddp")  # auto: one process; ddp: one per device (bench.di
 # A run in one process leaves these out of its configuration (its params and its hashes), as
 # every run did before they existed: the same configuration keeps its id and leaderboard row.
 ONE_PROCESS = {"devices": 1, "strategy": "auto"}
-# Model settings added after runs were recorded, left out the same way at their neutral value
-# (a recurrent model's readout of its last state, PyTorch's own forget-gate bias).
+# Model settings added after runs were recorded, left out the same way at their neutral value:
+# the family's own default (RunConfig.model_neutral), which is what its earlier runs did (a
+# recurrent model reads its last state, lstm-attn its attention pooling; PyTorch's forget-gate bias).
 MODEL_NEUTRAL = {"readout": "last", "forget_bias": None}
-LEFT_OUT = {"train": {**ONE_PROCESS, "record_gates": False}, "model": MODEL_NEUTRAL}
+TRAIN_NEUTRAL = {**ONE_PROCESS, "record_gates": False}
 
 
 @dataclass
@@ -208,6 +209,13 @@ def configuration_id(flat: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def family_neutral(spec: Any) -> dict[str, Any]:
+    """A model family's (``models.ModelSpec``'s) defaults of the MODEL_NEUTRAL settings, where
+    they differ from those: the values its runs leave out of their configuration."""
+    defaults = spec.default_hparams()
+    return {k: defaults[k] for k in MODEL_NEUTRAL if k in defaults and defaults[k] != MODEL_NEUTRAL[k]}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     model: str
@@ -219,6 +227,8 @@ class RunConfig:
     train: dict[str, Any]
     budget: dict[str, Any]
     task_version: int = 1
+    # The family's defaults of the MODEL_NEUTRAL settings, where they differ from those
+    model_neutral: dict[str, Any] = field(default_factory=dict)
 
     def flat(self) -> dict[str, Any]:
         """Everything as one flat mapping: MLflow params, and the input of the hash."""
@@ -232,7 +242,7 @@ class RunConfig:
         }
         for prefix, values in (("model", self.model_params), ("task", self.task_params),
                                ("train", self.train), ("budget", self.budget)):
-            neutral = LEFT_OUT.get(prefix, {})
+            neutral = {"train": TRAIN_NEUTRAL, "model": {**MODEL_NEUTRAL, **self.model_neutral}}.get(prefix, {})
             out.update({f"{prefix}.{k}": v for k, v in values.items() if not (k in neutral and neutral[k] == v)})
         return out
 

@@ -32,20 +32,25 @@ BINS = 50
 
 @dataclass
 class GateSummary:
-    """Summed statistics of each gate's activations, and a subsample of them."""
+    """Summed statistics of each gate's activations, and (``keep_values``, for the figure) an
+    even subsample of them."""
 
+    keep_values: bool = False
     total: dict[str, float] = field(default_factory=dict)
     saturated: dict[str, float] = field(default_factory=dict)
     count: dict[str, int] = field(default_factory=dict)
     values: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
     def add(self, name: str, real: torch.Tensor) -> None:
-        """real: (N,) the activations on real steps, every unit."""
+        """real: the activations on real steps, every unit."""
         lo, hi = SATURATED
         self.total[name] = self.total.get(name, 0.0) + float(real.sum())
         self.saturated[name] = self.saturated.get(name, 0.0) + float(((real < lo) | (real > hi)).sum())
         self.count[name] = self.count.get(name, 0) + real.numel()
-        self.values.setdefault(name, []).append(real.float().cpu())
+        if self.keep_values:  # at most HISTOGRAM_SAMPLES / 8 from each batch: memory stays small
+            flat = real.flatten()
+            stride = max(1, flat.numel() * 8 // HISTOGRAM_SAMPLES)
+            self.values.setdefault(name, []).append(flat[::stride].float().cpu())
 
     def metrics(self) -> dict[str, float]:
         out = {}
@@ -66,10 +71,11 @@ def gated(module: Any) -> Gated | None:
     return backbone if isinstance(backbone, Gated) else None
 
 
-def look_at_gates(module: Any, loader: Any, sequences: int = GATE_SEQUENCES) -> GateSummary:
+def look_at_gates(module: Any, loader: Any, sequences: int = GATE_SEQUENCES,
+                  keep_values: bool = False) -> GateSummary:
     """The gates' activations on the first ``sequences`` sequences of ``loader``, seen as the
     backbone sees its input (after the recipe's window normalisation)."""
-    summary = GateSummary()
+    summary = GateSummary(keep_values)
     backbone = gated(module)
     if backbone is None:
         return summary
@@ -101,9 +107,11 @@ class GateRecorder(L.Callback):
 
 def gate_figure(summary: GateSummary, title: str) -> Any:
     """One histogram per gate (columns) and layer (rows), with the mean and the saturated
-    fraction in each panel's title."""
-    plt = pyplot()
+    fraction in each panel's title; None when the model has no gates (a vanilla RNN)."""
     names = sorted(summary.count)
+    if not names:
+        return None
+    plt = pyplot()
     layers = sorted({n.split("/")[0] for n in names})
     gates = list(dict.fromkeys(n.split("/")[1] for n in names))
     fig, axes = plt.subplots(len(layers), len(gates), figsize=(3.2 * len(gates), 2.4 * len(layers)),

@@ -65,9 +65,12 @@ class SeqModule(L.LightningModule):
         # A predictor (a baseline) gives the task's output itself; a backbone needs a head: its
         # own for the outputs it has one for (models.registry.HeadMaker), else a linear one.
         out = task.output
-        own = backbone.make_head(OutputShape(out.kind, out.n_classes, out.shape)) \
-            if isinstance(backbone, HeadMaker) and not predictor else None
-        self.head = None if predictor else own or Head(out, backbone.step_dim, backbone.summary_dim)
+        self.head: nn.Module | None = None
+        if not predictor:
+            if isinstance(backbone, HeadMaker):
+                self.head = backbone.make_head(OutputShape(out.kind, out.n_classes, out.shape))
+            if self.head is None:
+                self.head = Head(out, backbone.step_dim, backbone.summary_dim)
         # Forecasting: the model sees each window normalised and predicts in that space; its
         # output is mapped back before the loss and the metrics.
         norm = train.get("window_norm", "none")

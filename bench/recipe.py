@@ -69,8 +69,10 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, A
     """AdamW groups: decay on weight matrices only; never on biases, norms' gains, the
     window normaliser's affine, or embeddings (decay would pull rare words' vectors to zero
     for no reason but their rarity). An ``EmbeddingBag`` that *is* a model's weight matrix
-    (bag-of-words logistic regression) keeps its decay: there it is the L2 penalty."""
-    no_decay: set[int] = set()
+    (bag-of-words logistic regression) keeps its decay: there it is the L2 penalty. A model
+    marks other tensors to keep from decay with ``p._no_weight_decay = True`` (the convention
+    of the Mamba and S4 reference code: a state-space model's A and step sizes)."""
+    no_decay: set[int] = {id(p) for p in module.parameters() if getattr(p, "_no_weight_decay", False)}
     for sub in module.modules():
         if isinstance(sub, nn.Embedding):
             no_decay.update(id(p) for p in sub.parameters(recurse=False))

@@ -20,6 +20,7 @@ import platform
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -145,6 +146,21 @@ def device_kind(device: torch.device) -> str:
     return f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
 
 
+def model_files(module: Any) -> set[Path]:
+    """A model family's file and those of the ``models`` modules it takes code from (a cell
+    loop, a layer), recursively."""
+    seen: set[str] = set()
+    todo = [module.__name__]
+    while todo:
+        name = todo.pop()
+        if name in seen or not name.startswith("models."):
+            continue
+        seen.add(name)
+        for value in vars(sys.modules[name]).values():
+            todo.append(value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", "") or "")
+    return {Path(inspect.getfile(sys.modules[name])) for name in seen}
+
+
 def code_version(model: str, task: str) -> str:
     """A hash of the source files a (model, task) run's numbers depend on: the model's
     family file and the shared model code, the task's files (its class and base classes),
@@ -152,8 +168,9 @@ def code_version(model: str, task: str) -> str:
     no longer count as "recorded earlier"."""
     spec = models.get_model(model)
     task_cls = tasks.get_task(task)
-    files = {Path(inspect.getfile(spec.build)), ROOT / "models" / "registry.py", ROOT / "models" / "layers.py",
+    files = {ROOT / "models" / "registry.py", ROOT / "models" / "layers.py",
              ROOT / "tasks" / "registry.py", ROOT / "bench" / "module.py", ROOT / "bench" / "recipe.py"}
+    files |= model_files(sys.modules[spec.build.__module__])
     files |= {Path(inspect.getfile(c)) for c in inspect.getmro(task_cls) if c.__module__.startswith("tasks.")}
     h = hashlib.sha256()
     for f in sorted(files):
@@ -533,8 +550,10 @@ class Runner:
 
         figures = task.figures(predict, splits, module.last_stats["test"]) if evaluate_test else {}
         if train["record_gates"] and gated(module) is not None:
-            seen = look_at_gates(module, whole.val)
-            figures["gates.png"] = gate_figure(seen, f"{config.label}: gates on validation, scored checkpoint")
+            seen = look_at_gates(module, whole.val, keep_values=True)
+            figure = gate_figure(seen, f"{config.label}: gates on validation, scored checkpoint")
+            if figure is not None:
+                figures["gates.png"] = figure
         stop = stop_reason(trainer, done.early, extra, config.budget, done.train_s, done.trainable)
         kept = module if keep_model and evaluate_test else None  # after test: the scored weights
         return Outcome(metrics, module.history, stop, task.references(), figures, kept, task.published)

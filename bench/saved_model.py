@@ -31,7 +31,7 @@ import torch
 
 import models
 import tasks
-from bench.config import RunConfig, TaskRef
+from bench.config import RunConfig, TaskRef, family_neutral
 from bench.errors import BenchError
 from bench.meters import autocast_dtype
 from bench.module import SeqModule
@@ -149,7 +149,7 @@ def config_of(spec: dict[str, Any]) -> RunConfig:
     ref = TaskRef(task_cls.name, spec["task_ref"]["variant"], spec["task_ref"]["params"])
     return RunConfig(spec["model"], ref, int(spec["seed"]), spec["profile"],
                      spec["model_params"], spec["task_params"], spec["train"], spec["budget"],
-                     int(spec.get("task_version", task_cls.version)))
+                     int(spec.get("task_version", task_cls.version)), family_neutral(models.get_model(spec["model"])))
 
 
 def load_dir(path: Path, data_dir: Path | None = None, run_id: str = "", device: str = "cpu") -> LoadedModel:

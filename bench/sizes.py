@@ -191,6 +191,11 @@ def build_and_count(spec: Any, hp: Any, task: Any, shape: Any, who: str) -> tupl
     n = sum(p.numel() for p in module.parameters())
     if spec.predictor:  # gives the task's output itself: no head, nothing per step
         return n, 0
+    if isinstance(module, models.registry.HeadMaker):  # a head of its own for some outputs (bench.module)
+        with torch.device("meta"):
+            own = module.make_head(models.OutputShape(out.kind, out.n_classes, out.shape))
+        if own is not None:
+            return n + sum(p.numel() for p in own.parameters()), module.step_dim
     # bench.module.Head: one linear map from the step or the summary vector to the output
     dim = module.step_dim if out.kind == "class_per_step" else module.summary_dim
     n_out = out.n_classes if out.kind.startswith("class") else math.prod(out.shape)

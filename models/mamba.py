@@ -141,6 +141,7 @@ class MambaMixer(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) = dt
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))  # (E, N)
         self.D = nn.Parameter(torch.ones(E))
+        self.A_log._no_weight_decay = True  # as the reference; read by bench.recipe.parameter_groups
         self.out_proj = nn.Linear(E, H, bias=False)
         with torch.no_grad():  # GPT-2-style: each residual branch scaled by 1/sqrt(depth)
             self.out_proj.weight /= math.sqrt(hp.num_layers)
@@ -155,10 +156,12 @@ class MambaMixer(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         x, z, delta, B, C = self.selection(u)
-        a = (delta.unsqueeze(-1) * -self.A_log.exp()).exp_()  # (B, T, E, N): decay per step, in place
-        b = (delta * x).unsqueeze(-1) * B.unsqueeze(2)  # (B, T, E, N)
+        # the scan accumulates over every step: at least float32, under mixed precision too
+        delta, x_wide, B = delta.float(), x.float(), B.float()
+        a = (delta.unsqueeze(-1) * -self.A_log.float().exp()).exp_()  # (B, T, E, N): decay per step, in place
+        b = (delta * x_wide).unsqueeze(-1) * B.unsqueeze(2)  # (B, T, E, N)
         s = (pscan if self.parallel else sequential_scan)(a, b)  # (B, T, E, N)
-        y = torch.einsum("bten,btn->bte", s, C) + self.D * x  # (B, T, E)
+        y = (torch.einsum("bten,btn->bte", s, C.float()) + self.D * x_wide).to(x.dtype)  # (B, T, E)
         return self.out_proj(y * F.silu(z))  # (B, T, H)
 
 

@@ -156,8 +156,10 @@ def layer_gates(rnn: nn.RNNBase, layer: int, x: torch.Tensor) -> tuple[dict[str,
     The layer runs alone (with its own weights) to give h_1..h_T; every gate at t is then
     sigma(W_i x_t + b_i + W_h h_{t-1} + b_h) for all steps at once, with h_0 = 0."""
     weights = {k: getattr(rnn, f"{k}_l{layer}") for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-    alone = type(rnn)(x.size(-1), rnn.hidden_size, batch_first=True).to(x.device)
-    alone.load_state_dict({f"{k}_l0": w for k, w in weights.items()})
+    # built on the meta device (its initialisation draws nothing from the run's random
+    # stream, so looking at the gates changes no later dropout mask), then given the weights
+    alone = type(rnn)(x.size(-1), rnn.hidden_size, batch_first=True, device="meta")
+    alone.load_state_dict({f"{k}_l0": w for k, w in weights.items()}, assign=True)
     h, _ = alone(x)  # (B, T, H)
     before = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)  # h_{t-1}, (B, T, H)
     pre_x = x @ weights["weight_ih"].T + weights["bias_ih"]  # (B, T, kH)

@@ -64,6 +64,8 @@ class S4DLayer(nn.Module):
         self.A_imag = nn.Parameter(math.pi * torch.arange(N // 2, dtype=torch.float32).repeat(H, 1))  # (H, N/2)
         self.C = nn.Parameter(torch.view_as_real(torch.randn(H, N // 2, dtype=torch.cfloat)))  # (H, N/2, 2)
         self.D = nn.Parameter(torch.randn(H))  # (H,)
+        for p in (self.log_dt, self.log_A_real, self.A_imag):  # as the reference: A and Δ are never decayed
+            p._no_weight_decay = True  # read by bench.recipe.parameter_groups
         self.act = nn.GELU()
         self.drop = nn.Dropout(dropout)
         self.out = nn.Sequential(nn.Linear(H, 2 * H), nn.GLU(dim=-1))

@@ -100,6 +100,7 @@ class SLSTMCell(nn.Module):
         self.weight_ih = nn.Parameter(torch.empty(4 * H, H))  # W, rows (z, i, f, o), each (head, unit)
         self.weight_hh = nn.Parameter(torch.empty(heads, d, 4 * d))  # R, per head: its h -> its (z, i, f, o)
         self.bias = nn.Parameter(torch.zeros(3, H))  # b_z, b_f, b_o (none for i: see the module's docstring)
+        self.bias._no_weight_decay = True  # biases (a 2-D tensor here); read by bench.recipe.parameter_groups
         nn.init.uniform_(self.weight_ih, -(H**-0.5), H**-0.5)
         nn.init.uniform_(self.weight_hh, -(d**-0.5), d**-0.5)
         with torch.no_grad():

@@ -151,10 +151,10 @@ class MovingShapes(Task):
         return self.finalize(self.batch_stats(x[:, -1:].expand_as(y), {"y": y}))
 
     def figures(self, predict: Any, splits: Splits, test_stats: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Three test sequences: the last input frames, then the true next frames (upper row)
+        """Three test sequences (or as many as there are): the last input frames, then the true next frames (upper row)
         and the predicted ones (lower row, under them)."""
-        p, rows = self.params, 3
         test = splits.test.tensors
+        p, rows = self.params, min(3, len(test["x"]))
         batch = {"x": test["x"][:rows], "mask": torch.ones(rows, p.input_frames, dtype=torch.bool)}
         pred = predict(batch).clamp(0, 1).view(rows, p.predict_frames, p.size, p.size)
         x = batch["x"].view(rows, p.input_frames, p.size, p.size)

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.gates import GateSummary
+from bench.gates import GateSummary, gate_figure, look_at_gates
+from bench.module import SeqModule
 from bench.tracking import Tracker, default_tracking_uri
 from models import InputSpec, get_model
 from models.registry import Gated
+from tasks.synthetic import Copy
 
 
 def build(name: str, **hp: object) -> torch.nn.Module:
@@ -77,6 +79,21 @@ def test_a_vanilla_rnn_and_a_transformer_have_no_gates() -> None:
     assert not isinstance(transformer.build(InputSpec(n_features=3), transformer.make_hparams(), False), Gated)
 
 
+@pytest.mark.parametrize("name", ["stacked-lstm", "bigru", "lstm-attn"])
+def test_looking_at_the_gates_draws_nothing_from_the_random_stream(name: str) -> None:
+    """A run that records its gates trains exactly as one that does not: its dropout masks
+    come from the same random stream."""
+    backbone = build(name)
+    x = torch.randn(2, 5, 3)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    torch.manual_seed(1)
+    expected = torch.rand(4)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        assert backbone.gate_activations(x, mask)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_forget_bias_keeps_the_forget_gate_open_at_initialisation() -> None:
     x = torch.randn(4, 20, 3, generator=torch.Generator().manual_seed(2))
     mask = torch.ones(4, 20, dtype=torch.bool)
@@ -85,6 +102,13 @@ def test_forget_bias_keeps_the_forget_gate_open_at_initialisation() -> None:
         biased = build("lstm", forget_bias=3.0).gate_activations(x, mask)["layer0/forget"].mean()
     assert 0.35 < default < 0.65
     assert biased > 0.9
+
+
+def test_a_model_with_no_gates_draws_no_figure() -> None:
+    module = SeqModule(build("rnn"), Copy(Copy.make_params(delay=3, n_train=8, n_val=8, n_test=8)), {})
+    summary = look_at_gates(module, [{"x": torch.randn(2, 4, 3), "mask": torch.ones(2, 4, dtype=torch.bool)}])
+    assert summary.metrics() == {} and not summary.count
+    assert gate_figure(summary, "rnn") is None
 
 
 def test_summary_statistics_count_real_activations() -> None:

@@ -493,3 +493,18 @@ def test_cached_result_is_what_the_store_holds(recorded: dict[str, Any]) -> None
     assert stored["val/mase"] == pytest.approx(best, rel=1e-6)
     assert stored["train/best_step"] == best_step
     assert math.isfinite(stored["test/mase"])
+
+
+@pytest.mark.parametrize(("name", "kept"), [("s4d", {"log_A_real", "A_imag"}), ("mamba", {"A_log"}),
+                                              ("slstm", {"bias"})])
+def test_state_space_dynamics_are_never_decayed(name: str, kept: set[str]) -> None:
+    """A weight decay would pull S4D's frequencies and Mamba's decay rates to zero, and the
+    sLSTM's forget biases (a 2-D tensor) down: they sit in the group without decay."""
+    spec = get_model(name)
+    backbone = spec.build(InputSpec(n_features=2), spec.make_hparams(hidden_size=8, num_layers=1), False)
+    groups = parameter_groups(backbone, weight_decay=0.1)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    matrices = {n.rsplit(".", 1)[-1]: p for n, p in backbone.named_parameters() if p.ndim >= 2}
+    assert kept <= set(matrices)
+    assert not any(id(matrices[n]) in decayed for n in kept)
+    assert any(id(p) in decayed for n, p in matrices.items() if n not in kept)  # the other matrices are

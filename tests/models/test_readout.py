@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from bench.catalog import load_catalog, parse_request, resolve
 from bench.config import RunConfig, TaskRef
 from models import MODELS, InputSpec, get_model
 from models.layers import READOUTS, Readout
@@ -117,3 +118,20 @@ def test_neutral_model_settings_keep_a_configurations_identity() -> None:
     assert config(readout="mean").config_id != before.config_id
     assert config(forget_bias=1.0).config_id != before.config_id
     assert config(readout="mean").flat()["model.readout"] == "mean"
+
+
+def test_lstm_attn_keeps_its_identity_at_its_own_readout() -> None:
+    """lstm-attn always pooled by attention: that is its neutral readout, and reading its last
+    state instead is another configuration."""
+    catalog = load_catalog()
+
+    def config_id(*sets: str) -> str:
+        (config,) = resolve(parse_request("lstm-attn", "copy", "0", "tiny", list(sets), catalog))
+        return config.config_id
+
+    default = config_id()
+    assert config_id("model.readout=attention") == default
+    assert config_id("model.readout=last") != default
+    (config,) = resolve(parse_request("lstm-attn", "copy", "0", "tiny", ["model.readout=last"], catalog))
+    assert config.flat()["model.readout"] == "last"
+    assert "model.readout" not in resolve(parse_request("lstm-attn", "copy", "0", "tiny", [], catalog))[0].flat()
