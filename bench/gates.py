@@ -1,8 +1,8 @@
 """Gate introspection (``--set train.record_gates=true``): what a gated recurrent model's
 gates do on the validation set while it trains.
 
-At every validation during training, on the first ``GATE_SEQUENCES`` validation sequences
-(real steps only), per layer and gate:
+At every validation during training, on about ``GATE_SEQUENCES`` validation sequences spread
+over the split (real steps only), per layer and gate:
 
     gates/<layer>/<gate>/mean        the mean activation over units and steps
     gates/<layer>/<gate>/saturated   the fraction of activations below 0.05 or above 0.95
@@ -73,25 +73,28 @@ def gated(module: Any) -> Gated | None:
 
 def look_at_gates(module: Any, loader: Any, sequences: int = GATE_SEQUENCES,
                   keep_values: bool = False) -> GateSummary:
-    """The gates' activations on the first ``sequences`` sequences of ``loader``, seen as the
-    backbone sees its input (after the recipe's window normalisation)."""
+    """The gates' activations on about ``sequences`` sequences of ``loader``, seen as the
+    backbone sees its input (after the recipe's window normalisation). The batches looked at
+    are spread evenly over the loader: an evaluation loader orders variable-length sequences
+    by length, so its first batches would be the shortest."""
     summary = GateSummary(keep_values)
     backbone = gated(module)
     if backbone is None:
         return summary
+    batches, total = len(loader), len(loader.dataset) if hasattr(loader, "dataset") else 0
+    needed = max(1, -(-batches * sequences // total)) if total else batches  # batches holding `sequences`
+    stride = max(1, batches // needed)
     was_training = module.training
     module.eval()
-    seen = 0
     with torch.no_grad():
-        for batch in loader:
+        for i, batch in enumerate(loader):
+            if i % stride:
+                continue
             x, mask = batch["x"].to(module.device), batch["mask"].to(module.device)
             if module.window_norm is not None:
                 x, _ = module.window_norm.normalise(x)
             for name, act in backbone.gate_activations(x, mask).items():
                 summary.add(name, act[mask])  # (N_real, units)
-            seen += mask.size(0)
-            if seen >= sequences:
-                break
     module.train(was_training)
     return summary
 
