@@ -80,6 +80,16 @@ class Readout(nn.Module):
         return torch.einsum("bt,btd->bd", weights, steps)  # (B, D)
 
 
+def sequential_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The linear recurrence h_t = a_t h_{t-1} + b_t from h_0 = 0, one step at a time: the
+    reference that parallel scans are tested against. a, b (B, T, ...) -> h (B, T, ...)."""
+    h, out = torch.zeros_like(b[:, 0]), []
+    for a_t, b_t in zip(a.unbind(1), b.unbind(1), strict=True):  # (unbind: one backward, not T)
+        h = a_t * h + b_t
+        out.append(h)
+    return torch.stack(out, 1)
+
+
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise a one-line ValueError naming the hyper-parameter and its valid choices."""
     if value not in choices:

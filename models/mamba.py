@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import InputLayer, Readout, check_range
+from models.layers import InputLayer, Readout, check_range, sequential_scan
 from models.recurrent import RecurrentHparams
 from models.registry import WEIGHT_DECAYS, InputSpec, ModelSpec, register_model
 
@@ -113,15 +113,6 @@ class _PScan(torch.autograd.Function):
 def pscan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Parallel scan: s_t = a_t s_{t-1} + b_t, s_{-1} = 0, over dim 1. a, b (B, T, ...) -> s."""
     return _PScan.apply(a, b)
-
-
-def sequential_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The same recurrence, one step at a time (the reference for ``pscan``)."""
-    s, out = torch.zeros_like(b[:, 0]), []
-    for a_t, b_t in zip(a.unbind(1), b.unbind(1), strict=True):  # (unbind: one backward, not T)
-        s = a_t * s + b_t
-        out.append(s)
-    return torch.stack(out, 1)
 
 
 class MambaMixer(nn.Module):

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import InputLayer, Readout
+from models.layers import InputLayer, Readout, sequential_scan
 from models.recurrent import RecurrentHparams
 from models.registry import WEIGHT_DECAYS, InputSpec, ModelSpec, register_model
 
@@ -69,16 +69,6 @@ def log_scan(log_a: torch.Tensor, log_b: torch.Tensor, chunk: int = CHUNK) -> to
         carry = h[:, -1:]
         out.append(h)
     return torch.cat(out, 1)[:, :T]  # (B, T, H)
-
-
-def sequential_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The same recurrence one step at a time: a, b (B, T, H) -> h (B, T, H)."""
-    h = a.new_zeros(a.shape[0], a.shape[2])  # (B, H) h_0 = 0
-    out = []
-    for t in range(a.shape[1]):
-        h = a[:, t] * h + b[:, t]  # (B, H)
-        out.append(h)
-    return torch.stack(out, 1)  # (B, T, H)
 
 
 class MinRNNLayer(nn.Module):
