@@ -26,7 +26,7 @@ from torch import nn
 
 from models.layers import Readout, check_range
 from models.recurrent import LSTMHparams
-from models.registry import WEIGHT_DECAYS, Incompatible, InputSpec, ModelSpec, OutputShape, register_model
+from models.registry import Incompatible, InputSpec, ModelSpec, OutputShape, optimiser_space, register_model
 
 GATES = ("input", "forget", "output")
 
@@ -136,9 +136,7 @@ def space(trial: Any) -> dict[str, Any]:
         "model.kernel_size": trial.suggest_categorical("model.kernel_size", [3, 5]),
         "model.num_layers": trial.suggest_int("model.num_layers", 1, 2),
         "model.dropout": trial.suggest_float("model.dropout", 0.0, 0.5),
-        "train.lr": trial.suggest_float("train.lr", 1e-4, 1e-2, log=True),
-        "train.weight_decay": trial.suggest_categorical("train.weight_decay", WEIGHT_DECAYS),
-        "train.batch_size": trial.suggest_categorical("train.batch_size", [16, 32, 64]),
+        **optimiser_space(trial, batch_sizes=(16, 32, 64)),
     }
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -28,6 +31,38 @@ class InputLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)  # (B, T, out_dim)
+
+
+class ResidualStack(nn.Module):
+    """The state-space models' backbone: the input projected to width H, then pre-norm
+    residual blocks h <- h + Dropout(block(norm(h))), a final norm, and the readout.
+
+    Padded steps are zeroed at the input (padded features never enter, whatever they hold,
+    NaN included) and before every block, so no convolution or scan carries them.
+    """
+
+    def __init__(self, spec: InputSpec, hp: Any, block: Callable[[], nn.Module], norm: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        H = hp.hidden_size
+        self.inp = InputLayer(spec, hp.embed_dim)
+        self.proj = nn.Linear(self.inp.out_dim, H)
+        self.norms = nn.ModuleList(norm() for _ in range(hp.num_layers))
+        self.blocks = nn.ModuleList(block() for _ in range(hp.num_layers))
+        self.drop = nn.Dropout(hp.dropout)
+        self.norm_f = norm()
+        self.step_dim = self.summary_dim = H
+        self.readout = Readout(hp.readout, H)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.is_floating_point():
+            x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+        h = self.proj(self.inp(x))  # (B, T, H)
+        m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+        h = h * m
+        for norm, block in zip(self.norms, self.blocks, strict=True):
+            h = h + self.drop(block(norm(h) * m))
+        steps = self.norm_f(h) * m  # (B, T, H)
+        return steps, self.readout(steps, mask)
 
 
 def last_valid(steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import InputLayer, Readout, check_range, sequential_scan
+from models.layers import ResidualStack, check_range, sequential_scan
 from models.recurrent import RecurrentHparams
-from models.registry import WEIGHT_DECAYS, InputSpec, ModelSpec, register_model
+from models.registry import InputSpec, ModelSpec, optimiser_space, register_model
 
 
 @dataclass
@@ -156,29 +156,8 @@ class MambaMixer(nn.Module):
         return self.out_proj(y * F.silu(z))  # (B, T, H)
 
 
-class MambaBackbone(nn.Module):
-    def __init__(self, spec: InputSpec, hp: MambaHparams) -> None:
-        super().__init__()
-        H = hp.hidden_size
-        self.inp = InputLayer(spec, hp.embed_dim)
-        self.proj = nn.Linear(self.inp.out_dim, H)
-        self.norms = nn.ModuleList(nn.RMSNorm(H, eps=1e-5) for _ in range(hp.num_layers))
-        self.mixers = nn.ModuleList(MambaMixer(H, hp) for _ in range(hp.num_layers))
-        self.drop = nn.Dropout(hp.dropout)
-        self.norm_f = nn.RMSNorm(H, eps=1e-5)
-        self.step_dim = self.summary_dim = H
-        self.readout = Readout(hp.readout, H)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.is_floating_point():  # padded features never enter, whatever they hold (even NaN)
-            x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
-        h = self.proj(self.inp(x))  # (B, T, H)
-        m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-        h = h * m
-        for norm, mixer in zip(self.norms, self.mixers, strict=True):
-            h = h + self.drop(mixer(norm(h) * m))  # padded steps zeroed before the conv and scan
-        steps = self.norm_f(h) * m  # (B, T, H)
-        return steps, self.readout(steps, mask)
+def mamba_backbone(spec: InputSpec, hp: MambaHparams) -> ResidualStack:
+    return ResidualStack(spec, hp, lambda: MambaMixer(hp.hidden_size, hp), lambda: nn.RMSNorm(hp.hidden_size, eps=1e-5))
 
 
 def space(trial: Any) -> dict[str, Any]:
@@ -187,9 +166,7 @@ def space(trial: Any) -> dict[str, Any]:
         "model.num_layers": trial.suggest_int("model.num_layers", 1, 4),
         "model.d_state": trial.suggest_categorical("model.d_state", [8, 16, 32]),
         "model.dropout": trial.suggest_float("model.dropout", 0.0, 0.3),
-        "train.lr": trial.suggest_float("train.lr", 1e-4, 1e-2, log=True),
-        "train.weight_decay": trial.suggest_categorical("train.weight_decay", WEIGHT_DECAYS),
-        "train.batch_size": trial.suggest_categorical("train.batch_size", [32, 64, 128]),
+        **optimiser_space(trial),
     }
 
 
@@ -198,6 +175,6 @@ def mamba() -> ModelSpec:
     """Mamba selective SSM (Gu & Dao, 2023), pure PyTorch parallel scan: 2 blocks, H=64, N=16."""
     return ModelSpec(
         hparams=MambaHparams,
-        build=lambda spec, hp, causal: MambaBackbone(spec, hp),
+        build=lambda spec, hp, causal: mamba_backbone(spec, hp),
         search_space=space,
     )

@@ -36,7 +36,7 @@ from torch import nn
 
 from models.layers import InputLayer, Readout, sequential_scan
 from models.recurrent import RecurrentHparams
-from models.registry import WEIGHT_DECAYS, InputSpec, ModelSpec, register_model
+from models.registry import InputSpec, ModelSpec, optimiser_space, register_model
 
 CHUNK = 32  # steps per chunk of the log-space scan
 
@@ -191,9 +191,7 @@ def space(trial: Any) -> dict[str, Any]:
         "model.hidden_size": trial.suggest_categorical("model.hidden_size", [32, 64, 128, 256]),
         "model.num_layers": trial.suggest_int("model.num_layers", 1, 4),
         "model.dropout": trial.suggest_float("model.dropout", 0.0, 0.5),
-        "train.lr": trial.suggest_float("train.lr", 1e-4, 1e-2, log=True),
-        "train.weight_decay": trial.suggest_categorical("train.weight_decay", WEIGHT_DECAYS),
-        "train.batch_size": trial.suggest_categorical("train.batch_size", [32, 64, 128]),
+        **optimiser_space(trial),
     }
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from models.layers import READOUTS, InputLayer, Readout, check_choice, check_range, last_valid
-from models.registry import WEIGHT_DECAYS, InputSpec, ModelSpec, register_model
+from models.registry import InputSpec, ModelSpec, optimiser_space, register_model
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 # Each cell's pre-activation chunks in PyTorch's order; None: not a sigmoid gate.
@@ -174,9 +174,7 @@ def space(trial: Any) -> dict[str, Any]:
         "model.hidden_size": trial.suggest_categorical("model.hidden_size", [32, 64, 128, 256]),
         "model.num_layers": trial.suggest_int("model.num_layers", 1, 3),
         "model.dropout": trial.suggest_float("model.dropout", 0.0, 0.5),
-        "train.lr": trial.suggest_float("train.lr", 1e-4, 1e-2, log=True),
-        "train.weight_decay": trial.suggest_categorical("train.weight_decay", WEIGHT_DECAYS),
-        "train.batch_size": trial.suggest_categorical("train.batch_size", [32, 64, 128]),
+        **optimiser_space(trial),
     }
 
 

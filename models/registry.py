@@ -90,6 +90,18 @@ SearchSpace = Callable[[Any], dict[str, Any]]
 # Weight decay by decades, with 0 (no decay: every family's default) among the choices, so
 # the default configuration lies inside every search space.
 WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3, 1e-2]
+
+
+def optimiser_space(trial: Any, lr_max: float = 1e-2, batch_sizes: tuple[int, ...] = (32, 64, 128)) -> dict[str, Any]:
+    """The training part of a family's search space: learning rate (log scale from 1e-4),
+    weight decay and batch size; a family's own dimensions come before it."""
+    return {
+        "train.lr": trial.suggest_float("train.lr", 1e-4, lr_max, log=True),
+        "train.weight_decay": trial.suggest_categorical("train.weight_decay", WEIGHT_DECAYS),
+        "train.batch_size": trial.suggest_categorical("train.batch_size", list(batch_sizes)),
+    }
+
+
 ALL_OUTPUTS = frozenset({"class_per_sequence", "class_per_step", "values", "forecast"})
 ALL_INPUTS = frozenset({"tokens", "features"})  # "frames": features that are images (InputSpec.frame)
 

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.layers import InputLayer, Readout, check_range
+from models.layers import ResidualStack, check_range
 from models.recurrent import RecurrentHparams
-from models.registry import WEIGHT_DECAYS, InputSpec, ModelSpec, register_model
+from models.registry import InputSpec, ModelSpec, optimiser_space, register_model
 
 
 @dataclass
@@ -95,31 +95,9 @@ class S4DLayer(nn.Module):
         return self.out(self.drop(self.act(self.ssm(u))))  # (B, T, H)
 
 
-class S4DBackbone(nn.Module):
-    def __init__(self, spec: InputSpec, hp: S4DHparams) -> None:
-        super().__init__()
-        H = hp.hidden_size
-        self.inp = InputLayer(spec, hp.embed_dim)
-        self.proj = nn.Linear(self.inp.out_dim, H)
-        self.norms = nn.ModuleList(nn.LayerNorm(H) for _ in range(hp.num_layers))
-        self.layers = nn.ModuleList(
-            S4DLayer(H, hp.d_state, hp.dt_min, hp.dt_max, hp.dropout) for _ in range(hp.num_layers)
-        )
-        self.drop = nn.Dropout(hp.dropout)
-        self.norm_f = nn.LayerNorm(H)
-        self.step_dim = self.summary_dim = H
-        self.readout = Readout(hp.readout, H)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.is_floating_point():  # padded features never enter, whatever they hold (even NaN)
-            x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
-        h = self.proj(self.inp(x))  # (B, T, H)
-        m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-        h = h * m
-        for norm, layer in zip(self.norms, self.layers, strict=True):
-            h = h + self.drop(layer(norm(h) * m))  # padded steps zeroed before the convolution
-        steps = self.norm_f(h) * m  # (B, T, H)
-        return steps, self.readout(steps, mask)
+def s4d_backbone(spec: InputSpec, hp: S4DHparams) -> ResidualStack:
+    layer = lambda: S4DLayer(hp.hidden_size, hp.d_state, hp.dt_min, hp.dt_max, hp.dropout)
+    return ResidualStack(spec, hp, layer, lambda: nn.LayerNorm(hp.hidden_size))
 
 
 def space(trial: Any) -> dict[str, Any]:
@@ -128,9 +106,7 @@ def space(trial: Any) -> dict[str, Any]:
         "model.num_layers": trial.suggest_int("model.num_layers", 1, 6),
         "model.d_state": trial.suggest_categorical("model.d_state", [16, 32, 64, 128]),
         "model.dropout": trial.suggest_float("model.dropout", 0.0, 0.3),
-        "train.lr": trial.suggest_float("train.lr", 1e-4, 1e-2, log=True),
-        "train.weight_decay": trial.suggest_categorical("train.weight_decay", WEIGHT_DECAYS),
-        "train.batch_size": trial.suggest_categorical("train.batch_size", [32, 64, 128]),
+        **optimiser_space(trial),
     }
 
 
@@ -139,7 +115,7 @@ def s4d() -> ModelSpec:
     """S4D diagonal state-space model (Gu et al., 2022): 4 pre-norm blocks, H=128, N=64, causal."""
     return ModelSpec(
         hparams=S4DHparams,
-        build=lambda spec, hp, causal: S4DBackbone(spec, hp),
+        build=lambda spec, hp, causal: s4d_backbone(spec, hp),
         # One learning rate for all: the paper trains A, Δ (and B, C) at 1e-3 and the rest
         # higher; the SSM parameters are the ones that bound it.
         train_defaults={"lr": 1e-3},

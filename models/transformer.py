@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.layers import InputLayer, check_range, last_valid, masked_mean
-from models.registry import WEIGHT_DECAYS, InputSpec, ModelSpec, register_model
+from models.registry import InputSpec, ModelSpec, optimiser_space, register_model
 
 
 @dataclass
@@ -108,9 +108,7 @@ def space(trial: Any) -> dict[str, Any]:
         "model.n_heads": trial.suggest_categorical("model.n_heads", [1, 2, 4]),
         "model.n_layers": trial.suggest_int("model.n_layers", 1, 4),
         "model.dropout": trial.suggest_float("model.dropout", 0.0, 0.3),
-        "train.lr": trial.suggest_float("train.lr", 1e-4, 3e-3, log=True),
-        "train.weight_decay": trial.suggest_categorical("train.weight_decay", WEIGHT_DECAYS),
-        "train.batch_size": trial.suggest_categorical("train.batch_size", [32, 64, 128]),
+        **optimiser_space(trial, lr_max=3e-3),
     }
 
 
