@@ -37,8 +37,9 @@ def width_overrides(spec: Any, width: int) -> dict[str, Any]:
 
 
 def scan_modules(backbone: torch.nn.Module) -> list[torch.nn.Module]:
-    """The modules with a parallel and a sequential form (a ``parallel`` switch)."""
-    return [m for m in backbone.modules() if isinstance(getattr(m, "parallel", None), bool)]
+    """The modules with a parallel and a sequential form (a ``parallel`` switch; None, where a
+    module has it, picks the form by device)."""
+    return [m for m in backbone.modules() if hasattr(type(m), "parallel")]
 
 
 def step_ms(backbone: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:

@@ -14,12 +14,16 @@ Block (pre-norm residual): h = h + Dropout(Mixer(RMSNorm(h))), with the mixer, E
 through without touching the state (Δ near 0). A starts at S4D-Real (A_n = -n), D at 1, Δ's
 bias at softplus⁻¹ of a log-uniform draw in [1e-3, 1e-1].
 
-The recurrence s_t = a_t s_{t-1} + b_t is a scan with an associative operator. ``pscan``
-runs it in parallel: a work-efficient (Blelloch) up-sweep and down-sweep over time padded
-to a power of two, 2 log2(T) vectorised steps, in place under a custom autograd function
-whose backward is the same scan run backwards in time (g_t = dL/ds_t + a_{t+1} g_{t+1};
-dL/db_t = g_t, dL/da_t = g_t s_{t-1}). It only multiplies decays in (0, 1], never divides,
-so it is stable at any length. ``sequential_scan`` is the step-by-step reference loop.
+The recurrence s_t = a_t s_{t-1} + b_t is a scan with an associative operator. The mixer's
+whole state-space part (decays, scan, read-out by C) is one autograd function,
+``selective_scan``, with its backward written out: autograd would otherwise save several
+(B, T, E, N) products per block. Both its scans (forwards for s, backwards in time for the
+gradient, g_t = dL/ds_t + a_{t+1} g_{t+1}) are ``scan_``, either step by step or as a parallel
+sweep: a work-efficient (Blelloch) up-sweep and down-sweep over time padded to a power of two,
+2 log2(T) vectorised passes, in place. The sweep only multiplies decays in (0, 1], never
+divides, so it is stable at any length. By default the sweep runs on a GPU and the loop on a
+CPU, where it is the faster (T cheap steps against passes over strided views; measured).
+``models.layers.sequential_scan`` is the reference loop that both are tested against.
 
 Every operation is causal (the model is, whatever the task); padded steps are zeroed at
 the input and before each mixer. Shapes: x (B, T) ids or (B, T, F) -> steps (B, T, H), summary (B, H).
@@ -35,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import ResidualStack, check_range, sequential_scan
+from models.layers import ResidualStack, check_range
 from models.recurrent import RecurrentHparams
 from models.registry import InputSpec, ModelSpec, optimiser_space, register_model
 
@@ -84,39 +88,72 @@ def _sweep(A: torch.Tensor, X: torch.Tensor, reverse: bool) -> None:
         s //= 2
 
 
-class _PScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        T = b.size(1)
-        (A, a_), (X, s) = _buffer(a, T, False), _buffer(b, T, False)
+def scan_(a: torch.Tensor, x: torch.Tensor, parallel: bool, reverse: bool = False) -> torch.Tensor:
+    """x_t <- a_t x_{t-1} + x_t over dim 1, x_{-1} = 0, in place in x (a is left as it was);
+    backwards in time with ``reverse``: x_t <- a_{t+1} x_{t+1} + x_t, x_T = 0."""
+    T = x.size(1)
+    if not parallel:  # T small steps: on a CPU faster than the sweep's 2 log2(T) passes over strided views
+        for t in range(T - 2, -1, -1) if reverse else range(1, T):
+            x[:, t].addcmul_(a[:, t + 1] if reverse else a[:, t], x[:, t + 1] if reverse else x[:, t - 1])
+        return x
+    (A, a_), (X, x_) = _buffer(a, T, reverse), _buffer(x, T, reverse)
+    if reverse:
+        a_[:, :-1], a_[:, -1] = a[:, 1:], 0
+    else:
         a_.copy_(a)
-        s.copy_(b)
-        _sweep(A, X, reverse=False)
-        ctx.save_for_backward(a, s)
-        return s
+    x_.copy_(x)
+    _sweep(A, X, reverse)
+    return x.copy_(x_)
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """y_t = C_t s_t with s_t = exp(Δ_t A) s_{t-1} + u_t B_t (u = Δ x), the mixer's whole state-space
+    part as one function: its backward is written out, so autograd keeps none of the
+    (B, T, E, N) products it would otherwise save, and only the states s are kept (the decays
+    are recomputed). With g_t = dL/ds_t = C_t dy_t + a_{t+1} g_{t+1} (the scan run backwards):
+    dC_t = s_t dy_t, du_t = g_t B_t, dB_t = u_t g_t, and through a_t = exp(Δ_t A), with
+    h_t = g_t s_{t-1} a_t: dΔ_t = A h_t, dA = Σ_t Δ_t h_t."""
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, s = ctx.saved_tensors
-        T = grad.size(1)
-        # g_t = grad_t + a_{t+1} g_{t+1} (dL/ds_t through every later step): the scan, backwards
-        (A, a_next), (X, g) = _buffer(a, T, True), _buffer(grad, T, True)
-        a_next[:, :-1], a_next[:, -1] = a[:, 1:], 0
-        g.copy_(grad)
-        _sweep(A, X, reverse=True)
-        grad_a = torch.empty_like(s)
-        grad_a[:, 0] = 0  # s_{-1} = 0
-        torch.mul(g[:, 1:], s[:, :-1], out=grad_a[:, 1:])  # g_t s_{t-1}
-        return grad_a, g
+    def forward(ctx: Any, delta: torch.Tensor, A: torch.Tensor, u: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor, parallel: bool) -> torch.Tensor:
+        a = (delta.unsqueeze(-1) * A).exp_()  # (B, T, E, N)
+        s = scan_(a, u.unsqueeze(-1) * B.unsqueeze(2), parallel)  # (B, T, E, N)
+        ctx.parallel = parallel
+        ctx.save_for_backward(delta, A, u, B, C, s)
+        return torch.einsum("bten,btn->bte", s, C)  # (B, T, E)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        delta, A, u, B, C, s = ctx.saved_tensors
+        a = (delta.unsqueeze(-1) * A).exp_()
+        g = scan_(a, dy.unsqueeze(-1) * C.unsqueeze(2), ctx.parallel, reverse=True)  # (B, T, E, N)
+        dC = (dy.unsqueeze(2) @ s).squeeze(2)  # (B, T, N)
+        du = (g @ B.unsqueeze(-1)).squeeze(-1)  # (B, T, E)
+        dB = (u.unsqueeze(2) @ g).squeeze(2)  # (B, T, N)
+        h = g  # g is not needed again: h_t = g_t s_{t-1} a_t, in place
+        h[:, 0].zero_()  # s_{-1} = 0
+        h[:, 1:].mul_(s[:, :-1])
+        h.mul_(a)
+        d_delta = (h * A).sum(-1)  # (B, T, E); on a CPU faster than einsum's batched products
+        E, N = A.shape
+        dA = (delta.reshape(-1, E).t().unsqueeze(1) @ h.reshape(-1, E, N).transpose(0, 1)).squeeze(1)  # (E, N)
+        return d_delta, dA, du, dB, dC, None
 
 
-def pscan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Parallel scan: s_t = a_t s_{t-1} + b_t, s_{-1} = 0, over dim 1. a, b (B, T, ...) -> s."""
-    return _PScan.apply(a, b)
+def selective_scan(delta: torch.Tensor, A: torch.Tensor, u: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   parallel: bool) -> torch.Tensor:
+    """y (B, T, E) from Δ, u (B, T, E), A (E, N), B, C (B, T, N): see _SelectiveScan. ``parallel``
+    runs both scans as the parallel sweep, else step by step; the results are the same."""
+    return _SelectiveScan.apply(delta, A, u, B, C, parallel)
+
+
 
 
 class MambaMixer(nn.Module):
-    parallel = True  # pscan; False runs sequential_scan (the same result, step by step)
+    # True: both scans as the parallel sweep; False: step by step (the same result); None: parallel
+    # on a GPU, where it pays, step by step elsewhere (on a CPU the loop is the faster, measured)
+    parallel: bool | None = None
 
     def __init__(self, H: int, hp: MambaHparams) -> None:
         super().__init__()
@@ -148,11 +185,10 @@ class MambaMixer(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         x, z, delta, B, C = self.selection(u)
         # the scan accumulates over every step: at least float32, under mixed precision too
-        delta, x_wide, B = delta.float(), x.float(), B.float()
-        a = (delta.unsqueeze(-1) * -self.A_log.float().exp()).exp_()  # (B, T, E, N): decay per step, in place
-        b = (delta * x_wide).unsqueeze(-1) * B.unsqueeze(2)  # (B, T, E, N)
-        s = (pscan if self.parallel else sequential_scan)(a, b)  # (B, T, E, N)
-        y = (torch.einsum("bten,btn->bte", s, C.float()) + self.D * x_wide).to(x.dtype)  # (B, T, E)
+        delta, x_wide = delta.float(), x.float()
+        parallel = x.is_cuda if self.parallel is None else self.parallel
+        y = selective_scan(delta, -self.A_log.float().exp(), delta * x_wide, B.float(), C.float(), parallel)
+        y = (y + self.D * x_wide).to(x.dtype)  # (B, T, E)
         return self.out_proj(y * F.silu(z))  # (B, T, H)
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from models import InputSpec, get_model
-from models.mamba import MambaHparams, MambaMixer, pscan, sequential_scan
+from models.layers import sequential_scan
+from models.mamba import MambaHparams, MambaMixer, scan_, selective_scan
 from models.s4d import S4DLayer
 
 
@@ -29,38 +30,82 @@ def decays_and_inputs(T: int, dtype: torch.dtype = torch.float32) -> tuple[torch
 # --- Mamba's scan -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("parallel", [True, False])
 @pytest.mark.parametrize("T", [1, 7, 300, 1000, 2048])
-def test_parallel_scan_matches_the_sequential_loop(T: int) -> None:
+def test_both_scans_match_the_sequential_loop_forwards_and_backwards_in_time(T: int, parallel: bool) -> None:
     a, b = decays_and_inputs(T)
-    a.requires_grad_(True)
-    b.requires_grad_(True)
-    fast, slow = pscan(a, b), sequential_scan(a, b)
+    torch.testing.assert_close(scan_(a, b.clone(), parallel), sequential_scan(a, b), atol=1e-5, rtol=1e-5)
+    # backwards: x_t + a_{t+1} x_{t+1}, the forward scan of the time-reversed sequence (decays shifted by one)
+    a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], 1)
+    expected = sequential_scan(a_next.flip(1), b.flip(1)).flip(1)
+    torch.testing.assert_close(scan_(a, b.clone(), parallel, reverse=True), expected, atol=1e-5, rtol=1e-5)
+
+
+def selection_inputs(T: int, dtype: torch.dtype = torch.float32, sizes: tuple[int, int, int] = (2, 3, 4)
+                     ) -> tuple[torch.Tensor, ...]:
+    """Δ, A, u = Δx, B, C for selective_scan, with gradients: batch, E, N = sizes."""
+    gen, (Bs, E, N) = torch.Generator().manual_seed(T), sizes
+    delta = torch.nn.functional.softplus(torch.randn(Bs, T, E, generator=gen, dtype=dtype))
+    A = -3 * torch.rand(E, N, generator=gen, dtype=dtype)
+    u, B, C = (torch.randn(*shape, generator=gen, dtype=dtype) for shape in ((Bs, T, E), (Bs, T, N), (Bs, T, N)))
+    return tuple(t.requires_grad_(True) for t in (delta, A, u, B, C))
+
+
+def selective_scan_by_autograd(delta: torch.Tensor, A: torch.Tensor, u: torch.Tensor, B: torch.Tensor,
+                               C: torch.Tensor) -> torch.Tensor:
+    """The same quantity written plainly, differentiated by autograd through the reference loop."""
+    s = sequential_scan(torch.exp(delta.unsqueeze(-1) * A), u.unsqueeze(-1) * B.unsqueeze(2))
+    return torch.einsum("bten,btn->bte", s, C)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+@pytest.mark.parametrize("T", [1, 2, 9, 300])
+def test_selective_scan_and_its_backward_match_autograd_through_the_loop(parallel: bool, T: int) -> None:
+    inputs = selection_inputs(T)
+    fast, slow = selective_scan(*inputs, parallel), selective_scan_by_autograd(*inputs)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
-    # the hand-written backward agrees with autograd through the loop
     weights = torch.randn(fast.shape, generator=torch.Generator().manual_seed(1))
-    grads_fast = torch.autograd.grad((fast * weights).sum(), (a, b))
-    grads_slow = torch.autograd.grad((slow * weights).sum(), (a, b))
-    for g_fast, g_slow in zip(grads_fast, grads_slow, strict=True):
-        torch.testing.assert_close(g_fast, g_slow, atol=1e-4, rtol=1e-4)
+    grads_fast = torch.autograd.grad((fast * weights).sum(), inputs)
+    grads_slow = torch.autograd.grad((slow * weights).sum(), inputs)
+    for name, g_fast, g_slow in zip("ΔAuBC", grads_fast, grads_slow, strict=True):
+        torch.testing.assert_close(g_fast, g_slow, atol=1e-4, rtol=1e-4, msg=f"dL/d{name}")
 
 
-def test_parallel_scan_gradient_matches_finite_differences() -> None:
-    a, b = decays_and_inputs(9, torch.float64)
-    a, b = a[:1, :, :2, :2], b[:1, :, :2, :2]
-    assert torch.autograd.gradcheck(pscan, (a.requires_grad_(True), b.requires_grad_(True)))
+@pytest.mark.parametrize("parallel", [True, False])
+def test_selective_scan_gradient_matches_finite_differences(parallel: bool) -> None:
+    inputs = selection_inputs(6, torch.float64, sizes=(1, 2, 3))
+    assert torch.autograd.gradcheck(lambda *t: selective_scan(*t, parallel), inputs)
 
 
 def test_mamba_gives_the_same_outputs_with_either_scan(monkeypatch: pytest.MonkeyPatch) -> None:
-    backbone = build("mamba", InputSpec(n_features=3), hidden_size=16, readout="mean").eval()
+    backbone = build("mamba", InputSpec(n_features=3), hidden_size=16, readout="mean")
     x = torch.randn(2, 37, 3, generator=torch.Generator().manual_seed(2))
     mask = torch.ones(2, 37, dtype=torch.bool)
     mask[1, 20:] = False
-    with torch.no_grad():
+    results = []
+    for parallel in (True, False):
+        monkeypatch.setattr(MambaMixer, "parallel", parallel)
+        backbone.zero_grad()
         steps, summary = backbone(x, mask)
-        monkeypatch.setattr(MambaMixer, "parallel", False)
-        steps_seq, summary_seq = backbone(x, mask)
+        (steps.square().mean() + summary.square().mean()).backward()
+        results.append((steps, summary, [p.grad.clone() for p in backbone.parameters() if p.grad is not None]))
+    (steps, summary, grads), (steps_seq, summary_seq, grads_seq) = results
     torch.testing.assert_close(steps, steps_seq, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(summary, summary_seq, atol=1e-5, rtol=1e-5)
+    assert len(grads) == len(grads_seq) > 0
+    for g, g_seq in zip(grads, grads_seq, strict=True):
+        torch.testing.assert_close(g, g_seq, atol=1e-4, rtol=1e-4)
+
+
+def test_mamba_scans_in_parallel_on_a_gpu_and_step_by_step_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.mamba as mamba_module
+
+    chosen: list[bool] = []
+    real = mamba_module.selective_scan
+    monkeypatch.setattr(mamba_module, "selective_scan", lambda *a: chosen.append(a[-1]) or real(*a))
+    backbone = build("mamba", InputSpec(n_features=3), hidden_size=8, num_layers=1)
+    backbone(torch.randn(1, 5, 3), torch.ones(1, 5, dtype=torch.bool))
+    assert chosen == [False]  # this tensor is on the CPU; the default (None) follows the device
 
 
 def test_mamba_step_size_and_decay_depend_on_the_input() -> None:
