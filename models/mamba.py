@@ -117,15 +117,17 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, delta: torch.Tensor, A: torch.Tensor, u: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor, parallel: bool) -> torch.Tensor:
-        a = (delta.unsqueeze(-1) * A).exp_()  # (B, T, E, N)
-        s = scan_(a, u.unsqueeze(-1) * B.unsqueeze(2), parallel)  # (B, T, E, N)
-        ctx.parallel = parallel
-        ctx.save_for_backward(delta, A, u, B, C, s)
-        return torch.einsum("bten,btn->bte", s, C)  # (B, T, E)
+        with torch.autocast(delta.device.type, enabled=False):  # float32 throughout, under mixed precision too
+            a = (delta.unsqueeze(-1) * A).exp_()  # (B, T, E, N)
+            s = scan_(a, u.unsqueeze(-1) * B.unsqueeze(2), parallel)  # (B, T, E, N)
+            ctx.parallel = parallel
+            ctx.save_for_backward(delta, A, u, B, C, s)
+            return torch.einsum("bten,btn->bte", s, C)  # (B, T, E)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         delta, A, u, B, C, s = ctx.saved_tensors
+        dy = dy.to(s.dtype)
         a = (delta.unsqueeze(-1) * A).exp_()
         g = scan_(a, dy.unsqueeze(-1) * C.unsqueeze(2), ctx.parallel, reverse=True)  # (B, T, E, N)
         dC = (dy.unsqueeze(2) @ s).squeeze(2)  # (B, T, N)
@@ -146,8 +148,6 @@ def selective_scan(delta: torch.Tensor, A: torch.Tensor, u: torch.Tensor, B: tor
     """y (B, T, E) from Δ, u (B, T, E), A (E, N), B, C (B, T, N): see _SelectiveScan. ``parallel``
     runs both scans as the parallel sweep, else step by step; the results are the same."""
     return _SelectiveScan.apply(delta, A, u, B, C, parallel)
-
-
 
 
 class MambaMixer(nn.Module):

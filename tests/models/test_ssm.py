@@ -97,6 +97,19 @@ def test_mamba_gives_the_same_outputs_with_either_scan(monkeypatch: pytest.Monke
         torch.testing.assert_close(g, g_seq, atol=1e-4, rtol=1e-4)
 
 
+def test_mamba_trains_under_bfloat16_autocast_with_its_scan_in_float32() -> None:
+    backbone = build("mamba", InputSpec(n_features=3), hidden_size=16)
+    x, mask = torch.randn(2, 23, 3, generator=torch.Generator().manual_seed(5)), torch.ones(2, 23, dtype=torch.bool)
+    full, _ = backbone(x, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        steps, summary = backbone(x, mask)
+    (steps.float().square().mean() + summary.float().square().mean()).backward()
+    grads = [p.grad for p in backbone.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)  # type: ignore[union-attr]
+    torch.testing.assert_close(steps.float(), full, atol=0.1, rtol=0.05)  # bfloat16 outside the scan only
+
+
 def test_mamba_scans_in_parallel_on_a_gpu_and_step_by_step_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     import models.mamba as mamba_module
 
