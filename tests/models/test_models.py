@@ -104,6 +104,20 @@ def test_backward_reaches_every_parameter(name: str, kind: str) -> None:
         assert p.grad.abs().sum() > 0, f"{name}: gradient of {pname} is all zero"
 
 
+@pytest.mark.parametrize(("name", "kind"), MODEL_KINDS, ids=MODEL_KIND_IDS)
+def test_a_training_step_under_bfloat16_autocast(name: str, kind: str) -> None:
+    """train.precision=bf16-mixed on a CPU: the forward under autocast, the backward after it."""
+    backbone = build(name, kind).train()
+    gen = torch.Generator().manual_seed(3)
+    x, mask = random_inputs(kind, 2, 5, gen), torch.ones(2, 5, dtype=torch.bool)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        steps, summary = backbone(x, mask)
+    (steps.float().square().mean() + summary.float().square().mean()).backward()
+    grads = [p.grad for p in backbone.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
 @pytest.mark.parametrize(("name", "causal", "kind"), BUILD_KINDS, ids=BUILD_KIND_IDS)
 def test_padding_does_not_change_outputs(name: str, kind: str, causal: bool) -> None:
     backbone = build(name, kind, causal).eval()
