@@ -262,6 +262,13 @@ def environment(runs: list[Run]) -> dict[str, list[tuple[str, int]]]:
 
 
 # -- formatting -------------------------------------------------------------------------------
+def env_summary(values: list[tuple[str, int]]) -> str:
+    """One environment tag's values: the value alone when all runs share it, else each with its run count."""
+    if len(values) == 1:
+        return values[0][0]
+    return "; ".join(f"{v} ({n} run{'' if n == 1 else 's'})" for v, n in values)
+
+
 def fmt(row: Row, key: str, pattern: str = "{:.4g}", std_pattern: str = "{:.2g}") -> str:
     m, s, n = row.mean(key), row.std(key), len(row.values(key))
     if math.isnan(m):
@@ -312,7 +319,7 @@ def markdown(all_boards: list[Board], env: dict[str, list[tuple[str, int]]], tit
         lines.append("")
     lines += [TIE_NOTE.format(primary="primary metric"), "", "## Environment", ""]
     for key, values in env.items():
-        lines.append(f"- {key}: " + "; ".join(f"{v} ({n} runs)" if len(values) > 1 else v for v, n in values))
+        lines.append(f"- {key}: {env_summary(values)}")
     return "\n".join(lines) + "\n"
 
 
@@ -483,8 +490,7 @@ def html_report(all_boards: list[Board], env: dict[str, list[tuple[str, int]]], 
     if not all_boards:  # a report of a bench scale sweep alone: no leaderboard runs to describe
         return "\n".join([*parts, "</body></html>"])
     parts.append("<h2 id=\"environment\">Environment</h2><ul>" + "".join(
-        f"<li><b>{html.escape(k)}</b>: " + html.escape("; ".join(f"{v} ({n} runs)" if len(vals) > 1 else v
-                                                                 for v, n in vals)) + "</li>"
+        f"<li><b>{html.escape(k)}</b>: {html.escape(env_summary(vals))}</li>"
         for k, vals in env.items()) + "</ul></body></html>")
     return "\n".join(parts)
 

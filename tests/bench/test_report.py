@@ -15,7 +15,7 @@ import pytest
 from bench.catalog import load_catalog
 from bench.cli import main, parse_since
 from bench.errors import BenchError
-from bench.report import Run, average_ranks, boards, markdown, pareto, table_cells, welch_p
+from bench.report import Run, average_ranks, boards, environment, env_summary, markdown, pareto, table_cells, welch_p
 from bench.tracking import Tracker, default_tracking_uri
 from models import MODELS
 from tests.bench.test_runner import _raise, wrapped_spec
@@ -97,6 +97,14 @@ def test_pareto_front_respects_the_direction() -> None:
     points = [(0.9, 10.0), (0.8, 100.0), (0.7, 50.0), (0.95, 5.0)]  # (quality, throughput)
     assert pareto(points, higher_is_better=True) == [0, 1, 3]
     assert pareto(points, higher_is_better=False) == [1, 2]
+
+
+def test_environment_counts_runs_per_value_and_names_one_shared_value_alone() -> None:
+    runs = [run("a", 0, 0.5, **{"version.torch": "2.13.0"}), run("a", 1, 0.5, **{"version.torch": "2.13.0"}),
+            run("b", 0, 0.5, **{"version.torch": "2.12.1"})]
+    env = environment(runs)
+    assert env_summary(env["version.torch"]) == "2.13.0 (2 runs); 2.12.1 (1 run)"
+    assert env_summary([("cpu", 3)]) == "cpu"
 
 
 def test_since_accepts_dates_and_durations() -> None:
