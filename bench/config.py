@@ -32,6 +32,7 @@ ONE_PROCESS = {"devices": 1, "strategy": "auto"}
 # recurrent model reads its last state, lstm-attn its attention pooling; PyTorch's forget-gate bias).
 MODEL_NEUTRAL = {"readout": "last", "forget_bias": None}
 TRAIN_NEUTRAL = {**ONE_PROCESS, "record_gates": False}
+BUDGET_NEUTRAL = {"min_steps": 0}  # early stopping from the first validation, as before the setting
 
 
 @dataclass
@@ -94,12 +95,17 @@ class Budget:
     patience: int  # validations without improvement of the primary metric before stopping
     val_every_steps: int  # validate every this many optimizer steps, across epoch boundaries
     meter_warmup_steps: int  # first steps left out of the throughput measurement (not the learning rate's)
+    # Early stopping watches the validations from this step on: no run ends by early stopping
+    # before it. For tasks whose loss sits on a plateau before it falls (selective-copy).
+    min_steps: int = 0
 
     def __post_init__(self) -> None:
         if min(self.max_steps, self.max_epochs, self.patience, self.val_every_steps) < 1:
             raise ValueError("max_steps, max_epochs, patience and val_every_steps must be >= 1")
-        if self.max_time_s <= 0 or self.meter_warmup_steps < 0:
-            raise ValueError("max_time_s must be > 0 and meter_warmup_steps >= 0")
+        if self.max_time_s <= 0 or self.meter_warmup_steps < 0 or self.min_steps < 0:
+            raise ValueError("max_time_s must be > 0, and meter_warmup_steps and min_steps >= 0")
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) exceeds max_steps ({self.max_steps})")
 
 
 PROFILES: dict[str, Budget] = {
@@ -242,7 +248,8 @@ class RunConfig:
         }
         for prefix, values in (("model", self.model_params), ("task", self.task_params),
                                ("train", self.train), ("budget", self.budget)):
-            neutral = {"train": TRAIN_NEUTRAL, "model": {**MODEL_NEUTRAL, **self.model_neutral}}.get(prefix, {})
+            neutral = {"train": TRAIN_NEUTRAL, "budget": BUDGET_NEUTRAL,
+                       "model": {**MODEL_NEUTRAL, **self.model_neutral}}.get(prefix, {})
             out.update({f"{prefix}.{k}": v for k, v in values.items() if not (k in neutral and neutral[k] == v)})
         return out
 

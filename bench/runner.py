@@ -611,7 +611,7 @@ def train_and_score(
     monitor = f"val/{task.primary_metric}"
     mode = "max" if task.higher_is_better else "min"
     throughput = Throughput(budget["meter_warmup_steps"], task.tokens)
-    early = EarlyStopping(monitor, mode=mode, patience=budget["patience"])
+    early = _EarlyStopping(budget["min_steps"], monitor, mode=mode, patience=budget["patience"])
     # the gate statistics join each validation's record before ``extra`` writes it
     gates = [GateRecorder()] if train["record_gates"] and shard.rank == 0 else []
     callbacks: list[L.Callback] = [throughput, early, *gates, *extra, _StopCheck()]
@@ -683,6 +683,18 @@ def run_device(accelerator: str, index: int = 0) -> torch.device:
     """Where a run's process trains: GPU ``index`` when the accelerator allows one and there is one."""
     use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return torch.device("cuda", index) if use_cuda else torch.device("cpu")
+
+
+class _EarlyStopping(EarlyStopping):
+    """Lightning's early stopping, watching the validations from step ``min_steps`` on: one
+    before it neither stops training nor counts towards the patience or the best score."""
+
+    def __init__(self, min_steps: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_steps = min_steps
+
+    def _should_skip_check(self, trainer: L.Trainer) -> bool:
+        return super()._should_skip_check(trainer) or trainer.global_step < self.min_steps
 
 
 class _StopTogether(L.Callback):

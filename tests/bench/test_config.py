@@ -112,6 +112,10 @@ def test_train_and_budget_validation() -> None:
         dataclasses.replace(PROFILES["tiny"], patience=0)
     with pytest.raises(ValueError):
         dataclasses.replace(PROFILES["tiny"], max_time_s=0)
+    with pytest.raises(ValueError, match=r"min_steps \(9\) exceeds max_steps \(8\)"):
+        dataclasses.replace(PROFILES["tiny"], min_steps=9)
+    with pytest.raises(ValueError):
+        dataclasses.replace(PROFILES["tiny"], min_steps=-1)
     assert set(PROFILES) == {"tiny", "quick", "standard", "full"}
     assert fields_of(Budget)["max_time_s"]["type"] == "float"
     assert fields_of(TrainConfig)["batch_size"] == {"type": "int", "default": 64}
@@ -239,6 +243,18 @@ def test_flat_config_has_every_setting(catalog: dict[str, Any]) -> None:
                 "train.lr", "train.eval_batch_size", "budget.max_steps", "budget.patience"):
         assert key in flat, key
     assert flat["task.delay"] == 5 and flat["model"] == "lstm" and flat["task"] == "copy"
+
+
+def test_min_steps_at_zero_keeps_a_configurations_identity() -> None:
+    """Runs recorded before budget.min_steps existed watched every validation: at 0 the setting
+    changes neither params nor hashes."""
+    def config(**budget: int) -> RunConfig:
+        return RunConfig(model="lstm", task=TaskRef("copy"), seed=0, profile="tiny", model_params={},
+                         task_params={}, train={}, budget={"max_steps": 8, **budget})
+
+    assert config(min_steps=0).config_hash == config().config_hash
+    assert "budget.min_steps" not in config(min_steps=0).flat()
+    assert config(min_steps=4).config_id != config().config_id
 
 
 def test_causal_task_refuses_bidirectional_models(catalog: dict[str, Any]) -> None:

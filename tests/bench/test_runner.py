@@ -285,6 +285,34 @@ class CountingAdding(Adding):
         return {**super().finalize(s), "count": float(s["n"])}
 
 
+class FlatAdding(Adding):
+    """The adding task with a validation metric that never improves: early stopping's case."""
+
+    name = "adding-flat"
+
+    def finalize(self, s: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {**super().finalize(s), "mse": 1.0}
+
+
+def test_early_stopping_watches_from_min_steps_on(runner: Runner, register: Any, make_config: Any) -> None:
+    """Validations every 2 steps, patience 1, a metric that never improves: training stops at the
+    second validation watched. With min_steps=8 the first one watched is step 8's."""
+    register(TASKS, "adding-flat", FlatAdding)
+    stopped = {}
+    for min_steps in (0, 8):
+        config = make_config("lstm", "adding-flat", {"length": 10, "n_train": 256, "n_val": 32, "n_test": 32},
+                             model_overrides={"hidden_size": 8},
+                             budget_overrides={"val_every_steps": 2, "max_steps": 16, "max_epochs": 100, "patience": 1,
+                                               "min_steps": min_steps})
+        result = runner.run(config)
+        assert result.status == "finished", result.reason
+        stored = run_info(runner.tracker, result.run_id).data
+        stopped[min_steps] = (stored.metrics["train/steps"], stored.tags["stop_reason"],
+                              stored.params.get("budget.min_steps"))
+    # at 0 (the default) the setting is left out of the params, as in runs recorded before it existed
+    assert stopped == {0: (4, "early stopping", None), 8: (10, "early stopping", "8")}
+
+
 @pytest.mark.slow
 def test_evaluation_covers_whole_splits_with_the_best_checkpoint(runner: Runner, register: Any, make_config: Any,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
