@@ -208,7 +208,7 @@ def space(trial: Any) -> dict[str, Any]:
 
 @register_model
 def mamba() -> ModelSpec:
-    """Mamba selective SSM (Gu & Dao, 2023), pure PyTorch parallel scan: 2 blocks, H=64, N=16."""
+    """Mamba selective SSM (Gu & Dao, 2023), pure PyTorch: 2 blocks, H=64, N=16; parallel scan on GPU, loop on CPU."""
     return ModelSpec(
         hparams=MambaHparams,
         build=lambda spec, hp, causal: mamba_backbone(spec, hp),
