@@ -15,7 +15,7 @@ import pytest
 from bench.catalog import load_catalog
 from bench.cli import main, parse_since
 from bench.errors import BenchError
-from bench.report import Run, average_ranks, boards, environment, env_summary, markdown, pareto, table_cells, welch_p
+from bench.report import Run, average_ranks, boards, env_summary, environment, markdown, pareto, table_cells, welch_p
 from bench.tracking import Tracker, default_tracking_uri
 from models import MODELS
 from tests.bench.test_runner import _raise, wrapped_spec
