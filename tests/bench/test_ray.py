@@ -110,7 +110,9 @@ def test_a_stop_cancels_the_sweep_and_records_the_runs_under_way_killed(signum: 
     SIGTERM) to the sweep: the two end KILLED with the reason, the third never starts, nothing
     stays RUNNING; exit 130 (143), as a local sweep."""
     results = tmp_path / "results"
-    proc = bench_process([*LONG, "--ray", cluster.address, "--models", "lstm", "--seeds", "0,1,2",
+    # runs that only the signal ends: LONG's 6 s time limit can end one first on a loaded machine
+    proc = bench_process([*LONG, "--set", "budget.max_time_s=600", "--ray", cluster.address, "--models", "lstm",
+                          "--seeds", "0,1,2",
                           "--results", str(results), "--data-dir", str(data_dir)])
     try:
         wait_until("two runs train", lambda: len(running(results)) == 2, proc)
